@@ -1,0 +1,82 @@
+"""The shared config schema. Every experiment config starts from `base_config()`.
+
+Every key a module reads is defined here with its default and unit, so that
+`--config.section.key=value` works for all of them and a typo is an error.
+"""
+
+import ml_collections
+
+from hamforget.evaluate import config as evaluate_config
+
+
+def base_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = "mnist_embedded"  # a source in hamforget.data.sources
+  config.data.root = ""                # folder, or file for single-file formats
+  config.data.image_size = 28          # resize target in pixels (H = W); 0 = native
+  config.data.cache_dir = ""           # "" -> $HAMFORGET_CACHE or ~/.cache/hamforget
+  config.data.val_fraction = 0.1       # of examples, by group, stratified by class
+  config.data.test_fraction = 0.1
+  config.data.limit = 0                # keep at most this many examples (0 = all)
+  config.data.pipeline = "device"      # "device" (resident arrays) or "grain"
+  config.data.num_workers = 2          # grain worker processes (0 = in-process)
+  config.data.decode_workers = 0       # cache decode processes (0 = all cores)
+
+  config.augment = ml_collections.ConfigDict()
+  config.augment.flip_horizontal = True
+  config.augment.flip_vertical = False
+  config.augment.rotation_degrees = 0.0  # uniform in [-d, d]
+  config.augment.brightness = 0.0        # colour jitter strengths, 0 = off
+  config.augment.contrast = 0.0
+  config.augment.saturation = 0.0
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "resnet18"       # resnet18 | resnet34 | resnet50 | allcnn
+  config.model.width = 1.0             # channel multiplier
+  config.model.stem = "small"          # imagenet (224x224) | small (<= 64x64)
+  config.model.dtype = "float32"       # compute dtype; params stay float32
+
+  config.train = ml_collections.ConfigDict()
+  config.train.optimizer = "sgd"       # sgd (with momentum) | adamw
+  config.train.learning_rate = 0.1     # peak, after warmup
+  config.train.momentum = 0.9
+  config.train.weight_decay = 5e-4
+  config.train.warmup_epochs = 1.0
+  config.train.batch_size = 128        # global, over all devices
+  config.train.num_epochs = 10
+  config.train.patience = 3            # early stopping on val loss, in epochs (0 = off)
+  config.train.eval_batch_size = 512
+  config.train.checkpoint_every_epochs = 1
+
+  config.forget = ml_collections.ConfigDict()
+  config.forget.kind = "classes"       # classes | groups | examples
+  config.forget.classes = "0"          # comma-separated names or indices
+  config.forget.fraction = 0.1         # groups/examples: random fraction to forget
+  config.forget.ids = ""               # groups/examples: comma-separated explicit ids
+
+  config.unlearn = ml_collections.ConfigDict()
+  # Operators to run after `original` and `retrain`, in order. Each operator's
+  # hyper-parameters can be overridden as --config.unlearn.<name>.<key>=value.
+  config.unlearn.methods = ("finetune",)
+
+  config.evaluate = evaluate_config.evaluate_config()
+
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.num_devices = 0          # 0 = every device
+  # Virtual CPU devices (a data-parallel mesh uses the cores better than one
+  # CPU device); ignored on GPU/TPU and when XLA_FLAGS already sets a count.
+  config.mesh.cpu_devices = 2
+  return config
+
+
+def make_local(config: ml_collections.ConfigDict) -> None:
+  """Shrinks a config in place to a smoke-run size: small images, tiny model, few epochs."""
+  config.data.image_size = min(config.data.image_size or 16, 16)
+  config.data.limit = 1000
+  config.model.width = 0.0625
+  config.model.stem = "small"
+  config.train.num_epochs = 2
+  config.train.batch_size = 64

@@ -1,0 +1,42 @@
+"""Model registry: `build_model(config.model, num_classes)` -> a Flax Linen module."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from hamforget.models.allcnn import AllCNN
+from hamforget.models.generator import Generator
+from hamforget.models.resnet import ResNet, ResNet18, ResNet34, ResNet50
+
+_RESNETS = {"resnet18": ResNet18, "resnet34": ResNet34, "resnet50": ResNet50}
+
+
+def _conv_for_platform():
+  """The convolution lowering that is fastest on this backend (see models/fast_conv.py)."""
+  try:
+    from hamforget.models import fast_conv
+  except ImportError:
+    import flax.linen as nn
+    return nn.Conv
+  return fast_conv.conv_for(jax.default_backend())
+
+
+def build_model(model_config, num_classes: int):
+  """A classifier from the `model` config section.
+
+  Keys: name (resnet18 | resnet34 | resnet50 | allcnn), width (channel
+  multiplier), stem (imagenet | small; ResNets only), dtype (compute dtype).
+  """
+  dtype = jnp.dtype(model_config.dtype)
+  conv = _conv_for_platform()
+  name = model_config.name
+  if name in _RESNETS:
+    return _RESNETS[name](num_classes=num_classes, width=model_config.width,
+                          stem=model_config.stem, dtype=dtype, conv=conv)
+  if name == "allcnn":
+    return AllCNN(num_classes=num_classes, width=model_config.width, dtype=dtype, conv=conv)
+  raise ValueError(f"model.name={name!r}: expected one of {sorted(_RESNETS) + ['allcnn']}")
+
+
+__all__ = ["AllCNN", "Generator", "ResNet", "build_model"]

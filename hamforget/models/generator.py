@@ -1,0 +1,32 @@
+"""The generator of gated knowledge transfer (Chundawat et al. 2023, after
+Micaelli & Storkey 2019): noise z -> an image the teacher finds informative."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class Generator(nn.Module):
+  """Maps z (B, latent) to images (B, H, W, C) in [-1, 1].
+
+  Dense to (H/4, W/4, 2*width), two nearest-neighbour x2 upsamplings with 3x3
+  convs, BatchNorm and LeakyReLU, a 3x3 conv to C channels and tanh. H and W
+  must be divisible by 4.
+  """
+  image_shape: tuple[int, int, int]
+  width: int = 64
+
+  @nn.compact
+  def __call__(self, z, train: bool = True):
+    h, w, c = self.image_shape
+    if h % 4 or w % 4:
+      raise ValueError(f"generator image size {h}x{w} must be divisible by 4")
+    norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9)
+    x = nn.Dense(h // 4 * w // 4 * 2 * self.width)(z)
+    x = norm()(x.reshape(z.shape[0], h // 4, w // 4, 2 * self.width))
+    for features in (2 * self.width, self.width):
+      x = jax.image.resize(x, (x.shape[0], x.shape[1] * 2, x.shape[2] * 2, x.shape[3]), "nearest")
+      x = nn.leaky_relu(norm()(nn.Conv(features, (3, 3))(x)), 0.2)
+    return jnp.tanh(nn.Conv(c, (3, 3))(x))

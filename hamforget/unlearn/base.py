@@ -1,0 +1,167 @@
+"""The operator contract and registry.
+
+An unlearning operator is a pure function
+
+    new_variables, info = operator(model, variables, access, request, config, rng)
+
+- `model`: a Flax Linen module (stateless); `variables`: {"params", "batch_stats"}.
+- `access`: an `Access` holding only the data the operator declared it needs;
+  undeclared fields are None, so a zero-shot operator (needs nothing) cannot
+  touch a training example: there is none to touch.
+- `request`: the `ForgetRequest` (static: what kind of forgetting).
+- `config`: the operator's ConfigDict: its registered defaults, overridden by
+  `config.unlearn.<name>` of the experiment, plus the experiment's `train` and
+  `augment` sections (the original recipe) under those keys.
+- `rng`: a PRNG key; the same inputs and key give the same outputs.
+- `info`: a dict of arrays the operator measured (steps, examples touched,
+  loss curves).
+
+Operators do no I/O, read no globals and loop over steps with `lax.scan` /
+`lax.while_loop`, so `jax.jit(partial(op, model, request=..., config=...))` is
+one XLA program and `jax.vmap` over `(variables, access, rng)` runs a batch of
+requests or seeds of the same shapes at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from hamforget.train import DeviceData
+
+# What an operator may declare it needs.
+RETAIN = "retain"                # every retained training example
+FORGET = "forget"                # every example to forget
+RETAIN_SUBSET = "retain_subset"  # a random subset of `config.retain_subset_fraction` of retain
+VAL = "val"                      # the validation split (held out, never trained on)
+DATA_NEEDS = frozenset({RETAIN, FORGET, RETAIN_SUBSET, VAL})
+
+
+@flax.struct.dataclass
+class Access:
+  """The data handed to an operator. Fields it did not declare are None.
+
+  Attributes:
+    retain, forget, retain_subset, val: DeviceData or None.
+    forget_classes: int32 (K,), the classes to forget (empty unless the
+      request is a class request). Available to every operator.
+    num_classes: number of classes of the model (static).
+    image_shape: (H, W, C) of the inputs (static).
+  """
+  retain: DeviceData | None
+  forget: DeviceData | None
+  retain_subset: DeviceData | None
+  val: DeviceData | None
+  forget_classes: jax.Array
+  num_classes: int = flax.struct.field(pytree_node=False)
+  image_shape: tuple[int, int, int] = flax.struct.field(pytree_node=False)
+
+  def require(self, name: str) -> DeviceData:
+    """The declared field `name`; a clear error if the operator did not declare it."""
+    data = getattr(self, name)
+    if data is None:
+      raise PermissionError(
+          f"this operator did not declare {name!r} in its `needs`, so it gets no {name} data")
+    return data
+
+
+OperatorFn = Callable[..., tuple[dict, dict]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Operator:
+  """A registered operator: its function, its data needs and its default config."""
+  name: str
+  fn: OperatorFn
+  needs: frozenset[str]
+  defaults: dict[str, Any]
+
+  @property
+  def zero_shot(self) -> bool:
+    return not self.needs
+
+  def make_config(self, overrides=None, train=None, augment=None) -> ml_collections.FrozenConfigDict:
+    """Defaults, then `overrides` (unknown keys are an error), plus the original recipe."""
+    config = ml_collections.ConfigDict(self.defaults)
+    if overrides is not None:
+      for key, value in overrides.items():
+        if key not in config:
+          raise KeyError(f"unlearn.{self.name}.{key} is not a hyper-parameter of "
+                         f"{self.name}; known: {sorted(config)}")
+        config[key] = value
+    if train is not None:
+      config.train = ml_collections.ConfigDict(train)
+    if augment is not None:
+      config.augment = ml_collections.ConfigDict(augment)
+    return ml_collections.FrozenConfigDict(config)
+
+
+_REGISTRY: dict[str, Operator] = {}
+
+
+def register(name: str, *, needs: set[str] | frozenset[str], defaults: dict[str, Any]):
+  """Decorator: registers `fn` as operator `name` with its data needs and defaults."""
+  unknown = set(needs) - DATA_NEEDS
+  if unknown:
+    raise ValueError(f"operator {name!r} declares unknown needs {sorted(unknown)}")
+  if RETAIN_SUBSET in needs and "retain_subset_fraction" not in defaults:
+    raise ValueError(f"operator {name!r} needs retain_subset: give retain_subset_fraction")
+
+  def wrap(fn: OperatorFn) -> OperatorFn:
+    if name in _REGISTRY:
+      raise ValueError(f"operator {name!r} is registered twice")
+    _REGISTRY[name] = Operator(name, fn, frozenset(needs), dict(defaults))
+    return fn
+
+  return wrap
+
+
+def get(name: str) -> Operator:
+  if name not in _REGISTRY:
+    raise KeyError(f"unknown unlearning operator {name!r}; registered: {sorted(_REGISTRY)}")
+  return _REGISTRY[name]
+
+
+def names() -> list[str]:
+  return list(_REGISTRY)
+
+
+def make_access(operator: Operator, *, retain: DeviceData, forget: DeviceData,
+                val: DeviceData, forget_classes, num_classes: int,
+                image_shape: tuple[int, int, int], rng: jax.Array,
+                retain_subset_fraction: float = 0.0) -> Access:
+  """Hands the operator exactly what it declared, and nothing else."""
+  needs = operator.needs
+  subset = None
+  if RETAIN_SUBSET in needs:
+    size = max(1, int(round(retain_subset_fraction * retain.size)))
+    index = jax.random.choice(rng, retain.size, (size,), replace=False)
+    subset = DeviceData(retain.images[index], retain.labels[index])
+  return Access(
+      retain=retain if RETAIN in needs else None,
+      forget=forget if FORGET in needs else None,
+      retain_subset=subset,
+      val=val if VAL in needs else None,
+      forget_classes=jnp.asarray(np.asarray(forget_classes, np.int32).reshape(-1)),
+      num_classes=num_classes,
+      image_shape=tuple(image_shape))
+
+
+def recipe(config, *overridden: str) -> ml_collections.ConfigDict:
+  """A mutable copy of the original training recipe (`config.train`) in which
+  the operator's own values of the keys `overridden` replace the original's."""
+  result = ml_collections.ConfigDict(config.train.to_dict())
+  for key in overridden:
+    result[key] = config[key]
+  return result
+
+
+def examples_seen(num_steps: int, batch_size: int) -> jax.Array:
+  """Training examples touched (with repetition) by `num_steps` batches, for `info`."""
+  return jnp.int32(num_steps * batch_size)

@@ -23,6 +23,8 @@ def get_config(arg: str = ""):
   config.augment.flip_horizontal = False  # digits are not mirror-symmetric
   config.forget.kind = "classes"
   config.forget.classes = "0"
+  config.unlearn.methods = ("finetune", "neggrad_plus", "random_label", "salun", "l1_sparse",
+                            "unsir", "emmn", "gkt", "bad_teacher", "scrub")
   if arg == "local":
     common.make_local(config)
   elif arg:

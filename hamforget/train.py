@@ -102,6 +102,20 @@ def batch_indices(rng: jax.Array, step: jax.Array, num_examples: int, batch_size
   return jax.lax.dynamic_slice(order, (position * batch_size,), (batch_size,))
 
 
+def prepare_batch(images: jax.Array, labels: jax.Array, rng: jax.Array, step: jax.Array,
+                  augment_config=None) -> tuple[jax.Array, jax.Array]:
+  """uint8 images (B, H, W, C) -> normalised, optionally augmented float32, sharded.
+
+  The augmentation key is fold_in(fold_in(rng, 1), step): a pure function of
+  the step, like the batch indices.
+  """
+  images = augment_lib.normalize(images)
+  if augment_config is not None:
+    images = augment_lib.augment(jax.random.fold_in(jax.random.fold_in(rng, 1), step),
+                                 images, augment_config)
+  return sharding.shard_batch((images, labels))
+
+
 def sample_batch(data: DeviceData, rng: jax.Array, step: jax.Array, batch_size: int,
                  augment_config=None) -> tuple[jax.Array, jax.Array]:
   """The normalised (and, given a config, augmented) batch of `step`.
@@ -110,11 +124,7 @@ def sample_batch(data: DeviceData, rng: jax.Array, step: jax.Array, batch_size: 
   sharded over the `data` mesh axis when a mesh is in context.
   """
   index = batch_indices(jax.random.fold_in(rng, 0), step, data.size, batch_size)
-  images = augment_lib.normalize(data.images[index])
-  if augment_config is not None:
-    images = augment_lib.augment(jax.random.fold_in(jax.random.fold_in(rng, 1), step),
-                                 images, augment_config)
-  return sharding.shard_batch((images, data.labels[index]))
+  return prepare_batch(data.images[index], data.labels[index], rng, step, augment_config)
 
 
 # ----------------------------------------------------------------------------
@@ -175,15 +185,23 @@ def make_optimizer(train_config, total_steps: int, steps_per_epoch_: int) -> opt
   raise ValueError(f"train.optimizer={train_config.optimizer!r}: expected 'sgd' or 'adamw'")
 
 
+def supervised_loss(model, params, batch_stats, images, labels):
+  """Mean cross-entropy of a prepared batch, BatchNorm in train mode.
+
+  Returns (loss, (new batch_stats, {"accuracy": ...})), the `minimize` shape.
+  """
+  logits, batch_stats = apply_model(
+      model, {"params": params, "batch_stats": batch_stats}, images, train=True)
+  accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+  return cross_entropy(logits, labels).mean(), (batch_stats, {"accuracy": accuracy})
+
+
 def classification_loss(model, batch_size: int, data: DeviceData, augment_config=None):
-  """A `minimize` loss: mean cross-entropy on the batch of each step, BN in train mode."""
+  """A `minimize` loss: cross-entropy on the sampled batch of each step."""
 
   def loss_fn(params, batch_stats, rng, step):
     images, labels = sample_batch(data, rng, step, batch_size, augment_config)
-    logits, batch_stats = apply_model(
-        model, {"params": params, "batch_stats": batch_stats}, images, train=True)
-    loss = cross_entropy(logits, labels).mean()
-    return loss, (batch_stats, {"accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)})
+    return supervised_loss(model, params, batch_stats, images, labels)
 
   return loss_fn
 
@@ -278,14 +296,9 @@ def init_fit(spec: FitSpec, variables: Variables) -> FitCarry:
   return jax.tree.map(lambda x: jnp.array(x, copy=True), carry)
 
 
-def fit_epoch(spec: FitSpec, carry: FitCarry, train: DeviceData, val: DeviceData,
-              rng: jax.Array) -> FitCarry:
-  """One epoch of training, a validation pass, and the early-stopping bookkeeping."""
-  per_epoch = steps_per_epoch(train.size, spec.batch_size)
-  loss_fn = classification_loss(spec.model, spec.batch_size, train, spec.augment_config)
-  params, batch_stats, opt_state, metrics = minimize(
-      loss_fn, carry.params, carry.batch_stats, spec.tx, carry.opt_state, rng,
-      carry.epoch * per_epoch, per_epoch)
+def end_epoch(spec: FitSpec, carry: FitCarry, params, batch_stats, opt_state,
+              train_loss: jax.Array, val: DeviceData) -> FitCarry:
+  """Validates the epoch's parameters and updates the early-stopping state."""
   variables = {"params": params, "batch_stats": batch_stats}
   val_loss, val_accuracy = mean_loss_and_accuracy(spec.model, variables, val, spec.eval_batch_size)
   improved = val_loss < carry.best_val_loss
@@ -295,9 +308,20 @@ def fit_epoch(spec: FitSpec, carry: FitCarry, train: DeviceData, val: DeviceData
       epoch=carry.epoch + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
       best=best, best_val_loss=jnp.minimum(val_loss, carry.best_val_loss),
       bad_epochs=jnp.where(improved, 0, carry.bad_epochs + 1),
-      train_loss=record(carry.train_loss, metrics["loss"].mean()),
+      train_loss=record(carry.train_loss, train_loss),
       val_loss=record(carry.val_loss, val_loss),
       val_accuracy=record(carry.val_accuracy, val_accuracy))
+
+
+def fit_epoch(spec: FitSpec, carry: FitCarry, train: DeviceData, val: DeviceData,
+              rng: jax.Array) -> FitCarry:
+  """One epoch over device-resident data (one `lax.scan`), then `end_epoch`."""
+  per_epoch = steps_per_epoch(train.size, spec.batch_size)
+  loss_fn = classification_loss(spec.model, spec.batch_size, train, spec.augment_config)
+  params, batch_stats, opt_state, metrics = minimize(
+      loss_fn, carry.params, carry.batch_stats, spec.tx, carry.opt_state, rng,
+      carry.epoch * per_epoch, per_epoch)
+  return end_epoch(spec, carry, params, batch_stats, opt_state, metrics["loss"].mean(), val)
 
 
 def fit_should_continue(spec: FitSpec, carry: FitCarry) -> jax.Array:
@@ -348,6 +372,62 @@ def fit(spec: FitSpec, variables: Variables, train: DeviceData, val: DeviceData,
     carry = epoch_fn(carry, train, val, rng)
     if checkpoints is not None:
       checkpoints.save(int(carry.epoch), carry)
+    if on_epoch is not None:
+      on_epoch(carry)
+  if checkpoints is not None:
+    checkpoints.wait()
+  return fit_result(carry)
+
+
+def fit_streaming(spec: FitSpec, variables: Variables, batches, steps_per_epoch_: int,
+                  val: DeviceData, rng: jax.Array, *, to_global=None, checkpoints=None,
+                  on_epoch=None, stop_after_epochs: int | None = None) -> tuple[Variables, dict]:
+  """`fit` for data that stays on the host: batches come from an iterator.
+
+  Args:
+    batches: an iterator of {"image": uint8 (B, H, W, C), "label": int32 (B,)},
+      e.g. `hamforget.data.pipeline.make_train_iterator` (grain). Its state is
+      checkpointed with the carry, so a resumed run sees the same batches.
+    steps_per_epoch_: batches per epoch.
+    to_global: maps a process-local batch to a global array (multi-host:
+      `partial(sharding.global_batch, mesh=mesh)`); identity when None.
+    Other arguments as in `fit`.
+
+  This is the one place with a Python loop over steps: each step waits on the
+  input pipeline anyway. The step itself is one jitted call with donated state.
+  """
+  def loss_fn(params, batch_stats, images, labels, step):
+    images, labels = prepare_batch(images, labels, rng, step, spec.augment_config)
+    return supervised_loss(spec.model, params, batch_stats, images, labels)
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
+  def train_step(params, batch_stats, opt_state, images, labels, step):
+    (loss, (batch_stats, _)), grads = grad_fn(params, batch_stats, images, labels, step)
+    updates, opt_state = spec.tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), batch_stats, opt_state, loss
+
+  finish_epoch = jax.jit(functools.partial(end_epoch, spec), donate_argnums=0)
+  to_global = to_global or (lambda batch: batch)
+  carry = init_fit(spec, variables)
+  if checkpoints is not None:
+    carry = checkpoints.restore_latest(carry, iterator=batches)
+  while bool(fit_should_continue(spec, carry)):
+    if stop_after_epochs is not None and int(carry.epoch) >= stop_after_epochs:
+      break
+    params, batch_stats, opt_state = jax.tree.map(
+        lambda x: jnp.array(x, copy=True), (carry.params, carry.batch_stats, carry.opt_state))
+    first = int(carry.epoch) * steps_per_epoch_
+    losses = []
+    for step in range(first, first + steps_per_epoch_):
+      batch = to_global(next(batches))
+      params, batch_stats, opt_state, loss = train_step(
+          params, batch_stats, opt_state, batch["image"], batch["label"], step)
+      losses.append(loss)
+    carry = finish_epoch(carry, params, batch_stats, opt_state, jnp.mean(jnp.stack(losses)), val)
+    if checkpoints is not None:
+      checkpoints.save(int(carry.epoch), carry, iterator=batches)
     if on_epoch is not None:
       on_epoch(carry)
   if checkpoints is not None:

@@ -131,3 +131,29 @@ def test_predict_pads_to_fixed_batches():
   logits = train.predict(model, variables, jnp.asarray(images), 32)
   direct = model.apply(variables, (images / 255.0 - 0.5) / 0.5, train=False)
   np.testing.assert_allclose(logits, direct, rtol=1e-4, atol=1e-5)
+
+
+def test_streaming_fit_learns_and_resumes_with_the_iterator(tmp_path):
+  from hamforget.data import pipeline
+  config = _config()
+  config.train.num_epochs = 3
+  model, variables = _model_and_variables(config)
+  images, labels = _tiny_problem()
+  val = train.to_device(images, labels)
+  spec = train.make_fit_spec(model, config.train, config.augment, len(labels))
+  per_epoch = pipeline.steps_per_epoch(len(labels), 32)
+  batches = lambda: pipeline.make_train_iterator(images, labels, 32, seed=0)
+  uninterrupted, info = train.fit_streaming(spec, variables, batches(), per_epoch, val,
+                                            jax.random.key(6))
+  _, accuracy = train.mean_loss_and_accuracy(model, uninterrupted, val, 64)
+  assert accuracy > 0.9
+
+  first = checkpoint.FitCheckpoints(str(tmp_path / "ckpt"))
+  train.fit_streaming(spec, variables, batches(), per_epoch, val, jax.random.key(6),
+                      checkpoints=first, stop_after_epochs=1)
+  first.close()
+  second = checkpoint.FitCheckpoints(str(tmp_path / "ckpt"))
+  resumed, _ = train.fit_streaming(spec, variables, batches(), per_epoch, val,
+                                   jax.random.key(6), checkpoints=second)
+  second.close()
+  _assert_trees_close(uninterrupted, resumed, rtol=0, atol=0)

@@ -1,0 +1,277 @@
+"""One experiment: data -> original model -> retrain -> operators -> evaluation -> report.
+
+    results = experiment.run(config, workdir)
+
+The workdir receives `config.json` (the resolved config), `splits.csv` (every
+example's split, and for training rows whether it is forgotten),
+`metrics.jsonl` (one JSON object per training epoch and per operator), orbax
+checkpoints of the original training (`checkpoints/original`) and of every
+finished model (`models/<name>`), and the results and plots of
+`hamforget.report`. A restarted run resumes the original training from its
+last epoch and skips every model already finished, so it ends where an
+uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+from hamforget import checkpoint, progress, report, sharding, train, unlearn
+from hamforget.data import forget as forget_lib
+from hamforget.data import pipeline, sources, splits
+from hamforget.data.types import Dataset, Examples
+from hamforget.evaluate import suite
+from hamforget.models import build_model
+
+ORIGINAL, RETRAIN = "original", "retrain"
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentData:
+  """The splits of one experiment, on the host and on the device.
+
+  Attributes:
+    dataset: what the source returned.
+    split: str (N,), "train"/"val"/"test" per example.
+    forget_mask: bool (N_train,), over the training rows in dataset order.
+    request: what to forget.
+    host: Examples for "train", "val", "test", "retain", "forget".
+    device: DeviceData for the same splits.
+  """
+  dataset: Dataset
+  split: np.ndarray
+  forget_mask: np.ndarray
+  request: forget_lib.ForgetRequest
+  host: dict[str, Examples]
+  device: dict[str, train.DeviceData]
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return self.dataset.examples.image_shape
+
+  @property
+  def num_classes(self) -> int:
+    return self.dataset.num_classes
+
+
+def prepare_data(config: ml_collections.ConfigDict, mesh=None) -> ExperimentData:
+  """Loads the source, splits it by group and carves the forget set out of train."""
+  dataset = sources.load_dataset(config.data, config.data.cache_dir)
+  examples = dataset.examples
+  split = splits.assign_splits(examples, config.data.val_fraction, config.data.test_fraction,
+                               config.seed, dataset.official_split)
+  request = forget_lib.ForgetRequest.from_config(config.forget, dataset.class_names)
+  train_examples = examples.subset(split == "train")
+  mask = forget_lib.forget_mask(train_examples, request, config.seed)
+  parts: dict[str, Examples] = {
+      "train": train_examples,
+      "val": examples.subset(split == "val"),
+      "test": examples.subset(split == "test"),
+      "retain": train_examples.subset(~mask),
+      "forget": train_examples.subset(mask),
+  }
+  for name, part in parts.items():
+    if len(part) == 0:
+      raise ValueError(f"the {name} split is empty: {len(examples)} examples, "
+                       f"val_fraction={config.data.val_fraction}, "
+                       f"test_fraction={config.data.test_fraction}, forget={request}")
+  logging.info("data %s: %s", dataset.name,
+               ", ".join(f"{name} {len(part)}" for name, part in parts.items()))
+  device = {name: train.to_device(part.images, part.labels, mesh) for name, part in parts.items()}
+  return ExperimentData(dataset, split, mask, request, parts, device)
+
+
+def _write_json_line(path: str, record: dict) -> None:
+  with open(path, "a") as f:
+    f.write(json.dumps(record) + "\n")
+
+
+def _scalars(info: dict) -> dict[str, Any]:
+  """The JSON-able summary of an operator's info: scalars as numbers, curves as lists."""
+  out = {}
+  for key, value in info.items():
+    value = np.asarray(value)
+    out[key] = value.item() if value.ndim == 0 else value.tolist()
+  return out
+
+
+class ModelStore:
+  """Finished models under `workdir/models/<name>` (orbax), so restarts skip them."""
+
+  def __init__(self, workdir: str):
+    self._root = os.path.abspath(os.path.join(workdir, "models"))
+    self._checkpointer = ocp.StandardCheckpointer()
+
+  def _path(self, name: str) -> str:
+    return os.path.join(self._root, name)
+
+  def load(self, name: str, like) -> tuple[Any, dict] | None:
+    """(variables, record) of a finished model, or None."""
+    record_path = self._path(name) + ".json"
+    if not os.path.exists(record_path):
+      return None
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    variables = self._checkpointer.restore(self._path(name), abstract)
+    with open(record_path) as f:
+      return variables, json.load(f)
+
+  def save(self, name: str, variables, record: dict) -> None:
+    self._checkpointer.save(self._path(name), variables, force=True)
+    self._checkpointer.wait_until_finished()
+    # The record is written last: its presence marks the model as finished.
+    with open(self._path(name) + ".json", "w") as f:
+      json.dump(record, f)
+
+
+def train_original(config, model, data: ExperimentData, workdir: str, rng,
+                   mesh=None) -> tuple[Any, dict]:
+  """Trains the original model on the whole training split (forget set included)."""
+  train_data = data.device["train"]
+  spec = train.make_fit_spec(model, config.train, config.augment, train_data.size)
+  init_rng, fit_rng = jax.random.split(rng)
+  variables = train.init_variables(model, data.image_shape, init_rng)
+  checkpoints = checkpoint.FitCheckpoints(os.path.join(workdir, "checkpoints", ORIGINAL))
+  bar = progress.bar(spec.num_epochs, f"train {ORIGINAL}")
+
+  def on_epoch(carry):
+    epoch = int(carry.epoch) - 1
+    record = {"phase": ORIGINAL, "epoch": epoch + 1,
+              "train_loss": float(carry.train_loss[epoch]),
+              "val_loss": float(carry.val_loss[epoch]),
+              "val_accuracy": float(carry.val_accuracy[epoch])}
+    _write_json_line(os.path.join(workdir, "metrics.jsonl"), record)
+    bar.update(1)
+    bar.set_postfix(loss=f"{record['train_loss']:.3f}", val_acc=f"{record['val_accuracy']:.3f}")
+
+  bar.update(checkpoints.latest_step() or 0)
+  if config.data.pipeline == "grain":
+    # Host-resident data: grain reads this process's shard of each batch.
+    per_process = spec.batch_size // jax.process_count()
+    batches = pipeline.make_train_iterator(
+        data.host["train"].images, data.host["train"].labels, per_process, config.seed,
+        shard_index=jax.process_index(), shard_count=jax.process_count(),
+        num_workers=config.data.num_workers)
+    to_global = None
+    if mesh is not None:
+      to_global = lambda batch: sharding.global_batch(batch, mesh)
+    variables, info = train.fit_streaming(
+        spec, variables, batches,
+        pipeline.steps_per_epoch(train_data.size, per_process, jax.process_count()),
+        data.device["val"], fit_rng, to_global=to_global, checkpoints=checkpoints,
+        on_epoch=on_epoch)
+  elif config.data.pipeline == "device":
+    variables, info = train.fit(spec, variables, train_data, data.device["val"], fit_rng,
+                                checkpoints=checkpoints, on_epoch=on_epoch)
+  else:
+    raise ValueError(f"data.pipeline={config.data.pipeline!r}: expected 'device' or 'grain'")
+  bar.close()
+  checkpoints.close()
+  per_epoch = train.steps_per_epoch(train_data.size, spec.batch_size)
+  info = dict(info, steps=info["epochs"] * per_epoch,
+              examples_seen=info["epochs"] * per_epoch * spec.batch_size)
+  return variables, info
+
+
+def run_operator(name: str, config, model, variables, data: ExperimentData, rng):
+  """Runs one registered operator, jitted whole; returns (variables, info, timings)."""
+  operator = unlearn.get(name)
+  overrides = config.unlearn.get(name)
+  op_config = operator.make_config(overrides, config.train, config.augment)
+  access_rng, op_rng = jax.random.split(rng)
+  access = unlearn.make_access(
+      operator, retain=data.device["retain"], forget=data.device["forget"],
+      val=data.device["val"], forget_classes=list(data.request.classes),
+      num_classes=data.num_classes, image_shape=data.image_shape, rng=access_rng,
+      retain_subset_fraction=op_config.get("retain_subset_fraction", 0.0))
+  fn = jax.jit(lambda v, a, r: operator.fn(model, v, a, data.request, op_config, r))
+  start = time.perf_counter()
+  compiled = fn.lower(variables, access, op_rng).compile()
+  compile_s = time.perf_counter() - start
+  start = time.perf_counter()
+  new_variables, info = jax.block_until_ready(compiled(variables, access, op_rng))
+  return new_variables, info, {"wall_s": time.perf_counter() - start, "compile_s": compile_s}
+
+
+def _loss_endpoints(info: dict) -> dict[str, float]:
+  """Initial and final training loss from an info's per-epoch or per-step loss curve."""
+  for key in ("train_loss", "loss"):
+    if key in info:
+      curve = np.asarray(info[key], np.float64).reshape(-1)
+      curve = curve[np.isfinite(curve)]
+      if curve.size:
+        return {"initial_loss": float(curve[0]), "final_loss": float(curve[-1])}
+  return {"initial_loss": float("nan"), "final_loss": float("nan")}
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> dict[str, dict[str, float]]:
+  """Runs the whole experiment and writes every output into `workdir`."""
+  os.makedirs(workdir, exist_ok=True)
+  is_writer = jax.process_index() == 0
+  if is_writer:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  data = prepare_data(config, mesh)
+  if is_writer:
+    splits.split_table(data.dataset.examples, data.split, data.forget_mask,
+                       data.dataset.class_names).to_csv(
+                           os.path.join(workdir, "splits.csv"), index=False)
+  model = build_model(config.model, data.num_classes)
+  rng = jax.random.key(config.seed)
+  store = ModelStore(workdir)
+  like = train.init_variables(model, data.image_shape, jax.random.key(0))
+
+  models: dict[str, Any] = {}
+  costs: dict[str, dict] = {}
+  finished = store.load(ORIGINAL, like)
+  if finished is None:
+    start = time.perf_counter()
+    variables, info = train_original(config, model, data, workdir, jax.random.fold_in(rng, 0),
+                                     mesh)
+    record = {"wall_s": time.perf_counter() - start, **_loss_endpoints(info),
+              "steps": int(info["steps"]), "examples_seen": int(info["examples_seen"])}
+    store.save(ORIGINAL, variables, record)
+  else:
+    variables, record = finished
+    logging.info("original: restored finished model")
+  models[ORIGINAL], costs[ORIGINAL] = variables, record
+
+  methods = [RETRAIN] + [m for m in config.unlearn.methods if m != RETRAIN]
+  for index, name in enumerate(methods, start=1):
+    finished = store.load(name, like)
+    if finished is None:
+      logging.info("running %s", name)
+      progress.say(f"unlearn {name} ...")
+      new_variables, info, timings = run_operator(
+          name, config, model, models[ORIGINAL], data, jax.random.fold_in(rng, index))
+      summary = _scalars(info)
+      record = {**timings, **_loss_endpoints(info),
+                "steps": int(summary.get("steps", 0)),
+                "examples_seen": int(summary.get("examples_seen", 0))}
+      if is_writer:
+        _write_json_line(os.path.join(workdir, "metrics.jsonl"),
+                         {"phase": name, **record, "info": summary})
+      store.save(name, new_variables, record)
+      progress.say(f"unlearn {name}: {record['wall_s']:.1f} s "
+                   f"(+{record['compile_s']:.1f} s compile)")
+    else:
+      new_variables, record = finished
+    models[name], costs[name] = new_variables, record
+
+  progress.say("evaluate ...")
+  results, per_example, curves = suite.evaluate_models(
+      model, models, data.device, data.request, data.dataset.class_names, config.evaluate,
+      jax.random.fold_in(rng, 10_000), costs)
+  if is_writer:
+    report.write_report(workdir, results, per_example, curves, data.dataset.class_names)
+  return results

@@ -1,0 +1,56 @@
+r"""Runs one experiment: train, unlearn, evaluate, report.
+
+    python -m launch.main --config=configs/mnist.py --workdir=/tmp/mnist
+    python -m launch.main --config=configs/ham10000.py --workdir=/tmp/ham \
+        --config.data.root=/data/HAM10000 --config.forget.kind=groups \
+        --config.forget.fraction=0.1
+
+Any config key can be overridden with --config.<section>.<key>=value. On
+several hosts (TPU VM pods, GPU clusters) run the same command on every host:
+`jax.distributed.initialize()` is called when the environment says so (see
+hamforget/sharding.py).
+"""
+
+import logging as std_logging
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/mnist.py", "Experiment config file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (created).", required=True)
+
+
+class _QuietLibraries(std_logging.Filter):
+  """Drops INFO chatter of orbax (a line per file written) from the absl log."""
+
+  def filter(self, record):
+    return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  config = _CONFIG.value
+  # Virtual CPU devices must be requested before JAX initialises a backend.
+  import jax
+  from hamforget import sharding
+  if config.mesh.cpu_devices and "xla_force_host_platform_device_count" not in os.environ.get(
+      "XLA_FLAGS", ""):
+    sharding.configure_cpu_devices(config.mesh.cpu_devices)
+  sharding.maybe_initialize_distributed()
+  from hamforget import experiment, report
+
+  mesh = sharding.make_mesh(config.mesh.num_devices)
+  logging.info("devices: %s; mesh %s", jax.devices(), dict(mesh.shape))
+  with jax.set_mesh(mesh):
+    results = experiment.run(config, _WORKDIR.value, mesh)
+  if jax.process_index() == 0:
+    print(report.format_table(results))
+    print(f"\nfull results: {os.path.join(_WORKDIR.value, 'results.md')}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+  app.run(main)

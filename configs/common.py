@@ -72,11 +72,22 @@ def base_config() -> ml_collections.ConfigDict:
   return config
 
 
+def parse_args(arg: str, known: set[str]) -> set[str]:
+  """The comma-separated words of a config argument (`configs/x.py:a,b`), checked."""
+  args = {word.strip() for word in arg.split(",") if word.strip()}
+  unknown = args - known
+  if unknown:
+    raise ValueError(f"unknown config argument(s) {sorted(unknown)}: expected some of "
+                     f"{sorted(known)}, comma-separated")
+  return args
+
+
 def make_local(config: ml_collections.ConfigDict) -> None:
   """Shrinks a config in place to a smoke-run size: small images, tiny model, few epochs."""
   config.data.image_size = min(config.data.image_size or 16, 16)
   config.data.limit = 1000
   config.model.width = 0.0625
   config.model.stem = "small"
-  config.train.num_epochs = 2
+  config.train.num_epochs = 4
+  config.train.warmup_epochs = 0.5
   config.train.batch_size = 64

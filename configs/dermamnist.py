@@ -28,8 +28,6 @@ def get_config(arg: str = ""):
   config.forget.kind = "classes"
   config.forget.classes = "df"
   config.unlearn.methods = ("finetune", "neggrad_plus", "salun", "unsir", "scrub", "bad_teacher")
-  if arg == "local":
+  if "local" in common.parse_args(arg, {"local"}):
     common.make_local(config)
-  elif arg:
-    raise ValueError(f"unknown config arg {arg!r}: expected '' or 'local'")
   return config

@@ -40,10 +40,8 @@ def get_config(arg: str = ""):
   config.forget.fraction = 0.1
   config.unlearn.methods = ("finetune", "neggrad_plus", "random_label", "salun", "l1_sparse",
                             "unsir", "bad_teacher", "scrub")
-  if arg == "local":
+  if "local" in common.parse_args(arg, {"local"}):
     common.make_local(config)
     config.data.image_size = 32
     config.train.learning_rate = 3e-3
-  elif arg:
-    raise ValueError(f"unknown config arg {arg!r}: expected '' or 'local'")
   return config

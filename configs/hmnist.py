@@ -29,8 +29,6 @@ def get_config(arg: str = ""):
   config.forget.kind = "examples"
   config.forget.fraction = 0.1
   config.unlearn.methods = ("finetune", "neggrad_plus", "salun", "scrub", "bad_teacher")
-  if arg == "local":
+  if "local" in common.parse_args(arg, {"local"}):
     common.make_local(config)
-  elif arg:
-    raise ValueError(f"unknown config arg {arg!r}: expected '' or 'local'")
   return config

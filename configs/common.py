@@ -38,6 +38,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.width = 1.0             # channel multiplier
   config.model.stem = "small"          # imagenet (224x224) | small (<= 64x64)
   config.model.dtype = "float32"       # compute dtype; params stay float32
+  config.model.conv = "auto"           # auto (fastest lowering per backend) | xla
 
   config.train = ml_collections.ConfigDict()
   config.train.optimizer = "sgd"       # sgd (with momentum) | adamw

@@ -1,0 +1,102 @@
+"""`emmn`: zero-shot impair-repair with error-maximising and error-minimising noise.
+
+Chundawat, Tarun, Mandal and Kankanhalli, "Zero-Shot Machine Unlearning",
+IEEE TIFS 2023 (the EMMN method). No training example is used: learned noise
+stands in for the data. Against the frozen original f (eval mode), from
+N ~ normal(0, 1) in the normalised input space and by Adam,
+
+    forget class c:   N_c = argmin_N  -CE(f(N), c) + lambda * mean_i ||N_i||^2   (error-maximising)
+    retained class r: N_r = argmin_N  +CE(f(N), r) + lambda * mean_i ||N_i||^2   (error-minimising)
+
+then IMPAIR (one epoch of Adam on every N_c and N_r, each sample labelled with
+its own class) and REPAIR (one epoch on the error-minimising N_r alone), as in
+UNSIR (`unsir.py`, whose noise and training helpers this reuses) with the
+retain subset replaced by error-minimising noise.
+
+Needs nothing (zero-shot): only `access.forget_classes` (K classes),
+`access.num_classes` (C) and `access.image_shape`. The retained classes are
+computed in-graph with a static size C - K, so the operator jits and vmaps over
+forget requests of the same K.
+
+Hyper-parameters (defaults):
+  noise_per_class 64: noise samples per class, forget and retained alike.
+  noise_steps 40: Adam steps on the noise (UNSIR's 5 epochs x 8 steps).
+  noise_learning_rate 0.1, noise_weight 0.1 (lambda), as UNSIR.
+  batch_size 32: of the impair and repair epochs.
+  impair_learning_rate 0.02, impair_epochs 1 (UNSIR's impair).
+  repair_learning_rate 0.01, repair_epochs 1 (UNSIR's repair).
+  update_batch_stats False: BatchNorm stays in eval mode during impair and
+    repair. Batches of pure noise have none of the data's statistics, and
+    running averages taken from them would break the model on real images.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from hamforget import train
+from hamforget.unlearn import base
+from hamforget.unlearn import unsir
+
+
+def class_split(forget_classes: jax.Array, num_classes: int) -> jax.Array:
+  """The retained classes, int32 (C - K,) ascending, static in shape."""
+  num_forget = forget_classes.shape[-1]
+  is_forget = jnp.any(jnp.arange(num_classes)[:, None] == forget_classes[None, :], axis=1)
+  return jnp.nonzero(~is_forget, size=num_classes - num_forget)[0].astype(jnp.int32)
+
+
+@base.register("emmn", needs=set(),
+               defaults={"noise_per_class": 64, "noise_steps": 40, "noise_learning_rate": 0.1,
+                         "noise_weight": 0.1, "batch_size": 32,
+                         "impair_learning_rate": 0.02, "impair_epochs": 1,
+                         "repair_learning_rate": 0.01, "repair_epochs": 1,
+                         "update_batch_stats": False})
+def emmn(model, variables, access, request, config, rng):
+  del request
+  num_forget = unsir.check_class_request("emmn", access)
+  num_retained = access.num_classes - num_forget
+  if num_retained <= 0:
+    raise ValueError("emmn: every class is to be forgotten; nothing is retained")
+  noise_rng, impair_rng, repair_rng = jax.random.split(rng, 3)
+  per_class = config.noise_per_class
+  num_max = num_forget * per_class   # the first num_max samples maximise, the rest minimise
+
+  classes = jnp.concatenate([access.forget_classes.astype(jnp.int32),
+                             class_split(access.forget_classes, access.num_classes)])
+  labels = jnp.repeat(classes, per_class, total_repeat_length=access.num_classes * per_class)
+  direction = jnp.where(jnp.arange(labels.shape[0]) < num_max, -1.0, 1.0)
+  noise, noise_metrics = unsir.learn_noise(
+      model, variables, labels, direction, access.image_shape, config.noise_steps,
+      config.noise_learning_rate, config.noise_weight, noise_rng)
+
+  impair_sample, impair_size = unsir.mixed_batch(noise, labels, 1, None, config.batch_size)
+  impair_steps = config.impair_epochs * train.steps_per_epoch(impair_size, config.batch_size)
+  impaired, impair_metrics = unsir.fit_classifier(
+      model, variables, impair_sample, impair_steps, config.impair_learning_rate,
+      config.update_batch_stats, impair_rng)
+
+  repair_sample, repair_size = unsir.mixed_batch(
+      noise[num_max:], labels[num_max:], 1, None, config.batch_size)
+  repair_steps = config.repair_epochs * train.steps_per_epoch(repair_size, config.batch_size)
+  repaired, repair_metrics = unsir.fit_classifier(
+      model, impaired, repair_sample, repair_steps, config.repair_learning_rate,
+      config.update_batch_stats, repair_rng)
+
+  info = {
+      "steps": jnp.int32(impair_steps + repair_steps),
+      "examples_seen": jnp.int32(0),  # zero-shot: no training example exists here
+      "noise_seen": jnp.int32((impair_steps + repair_steps) * config.batch_size),
+      "noise_samples": jnp.int32(labels.shape[0]),
+      "noise_steps": jnp.int32(config.noise_steps),
+      "noise_loss": noise_metrics["loss"],
+      "max_noise_cross_entropy": noise_metrics["max_cross_entropy"],
+      "min_noise_cross_entropy": noise_metrics["min_cross_entropy"],
+      "loss": jnp.concatenate([impair_metrics["loss"], repair_metrics["loss"]]),
+      "impair_loss": impair_metrics["loss"],
+      "impair_accuracy": impair_metrics["accuracy"],
+      "repair_loss": repair_metrics["loss"],
+      "repair_accuracy": repair_metrics["accuracy"],
+  }
+  return repaired, info

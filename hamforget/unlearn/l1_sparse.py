@@ -1,0 +1,75 @@
+"""`l1_sparse`: fine-tune on the retain set with a decaying L1 penalty.
+
+"l1-sparse" unlearning of Jia et al. NeurIPS 2023, "Model Sparsity Can
+Simplify Machine Unlearning" (reference: OPTML-Group/Unlearn-Sparse,
+`FT_l1`). Fine-tuning on the retain set D_r, with a sparsity-promoting
+penalty whose weight decays linearly to zero over training:
+
+    L_t(theta) = CE(B_r; theta) + gamma_t * ||theta||_1,
+    gamma_t = gamma * (1 - t / T),
+
+t the step and T the number of steps; ||theta||_1 sums |theta| over every
+parameter (kernels, biases and BatchNorm scales), as the reference. The
+reference decays gamma once per epoch; here it decays every step.
+
+BatchNorm: train mode (it is fine-tuning), updating the batch statistics.
+Uses the experiment's augmentation.
+
+Deviation from the paper: its gamma = 5e-4 at learning rate 0.01 acts over
+10 epochs of CIFAR-10, ~3,900 steps. What shrinks the weights is the
+integral of lr * gamma_t over the steps, lr * gamma * T / 2; at the paper's
+values and the ~100 steps affordable here it is ~40x smaller, and on the
+default MNIST run (5 epochs, 140 steps) the forgotten class keeps 97%
+accuracy, like plain fine-tuning. The defaults below keep the paper's integral
+(0.03 * 5e-3 * 84 / 2 = 0.006; the paper's: 0.01) at 3 epochs: forget accuracy
+2%, retain 94%.
+
+Hyper-parameters (defaults):
+  gamma: 5e-3, the initial L1 weight (paper: 5e-4; see above).
+  learning_rate: 0.03, constant SGD (paper: 0.01; see above).
+  momentum: 0.9.
+  weight_decay: 5e-4 on kernels (the reference's SGD setting).
+  num_epochs: 3.0 passes over the retain set (a quarter of the default MNIST
+    run's 12 training epochs; the paper: 10 against 182).
+  batch_size: 128.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from hamforget import train
+from hamforget.unlearn import base
+from hamforget.unlearn.neggrad_plus import num_steps_for, sgd
+
+
+def l1_norm(params) -> jax.Array:
+  """||theta||_1 over every leaf of `params`."""
+  return sum(jnp.sum(jnp.abs(p)) for p in jax.tree.leaves(params))
+
+
+@base.register("l1_sparse", needs={base.RETAIN},
+               defaults={"gamma": 5e-3, "learning_rate": 0.03, "momentum": 0.9,
+                         "weight_decay": 5e-4, "num_epochs": 3.0, "batch_size": 128})
+def l1_sparse(model, variables, access, request, config, rng):
+  del request
+  retain = access.require(base.RETAIN)
+  batch_size = config.batch_size
+  num_steps = num_steps_for(config.num_epochs, retain.size, batch_size)
+  classification = train.classification_loss(model, batch_size, retain, config.augment)
+
+  def loss_fn(params, batch_stats, rng, step):
+    ce, (batch_stats, metrics) = classification(params, batch_stats, rng, step)
+    weight = config.gamma * (1.0 - step.astype(jnp.float32) / num_steps)
+    norm = l1_norm(params)
+    return ce + weight * norm, (batch_stats, {"ce": ce, "l1_norm": norm, "l1_weight": weight,
+                                              **metrics})
+
+  tx = sgd(config.learning_rate, config.momentum, config.weight_decay)
+  params, batch_stats, _, metrics = train.minimize(
+      loss_fn, variables["params"], variables["batch_stats"], tx,
+      tx.init(variables["params"]), rng, 0, num_steps)
+  info = {"steps": jnp.int32(num_steps), "examples_seen": base.examples_seen(num_steps, batch_size),
+          **metrics}
+  return {"params": params, "batch_stats": batch_stats}, info

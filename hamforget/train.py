@@ -306,7 +306,8 @@ def end_epoch(spec: FitSpec, carry: FitCarry, params, batch_stats, opt_state,
   record = lambda history, value: history.at[carry.epoch].set(value)
   return FitCarry(
       epoch=carry.epoch + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
-      best=best, best_val_loss=jnp.minimum(val_loss, carry.best_val_loss),
+      # `where`, not `minimum`: a diverged (NaN) epoch must not poison the best.
+      best=best, best_val_loss=jnp.where(improved, val_loss, carry.best_val_loss),
       bad_epochs=jnp.where(improved, 0, carry.bad_epochs + 1),
       train_loss=record(carry.train_loss, train_loss),
       val_loss=record(carry.val_loss, val_loss),

@@ -45,6 +45,7 @@ _CONV = flags.DEFINE_enum("conv", "auto", ["auto", "xla", "matmul"],
                           "matmul (patches + matmul for every layer).")
 _DEVICES = flags.DEFINE_integer(
     "devices", 0, "Data-parallel CPU devices for every shape; 0: the shape's measured best.")
+_JPEGS = flags.DEFINE_integer("jpegs", 600, "JPEGs decoded by the cache benchmark.")
 _TORCH = flags.DEFINE_bool("torch", True, "Also time the PyTorch eager reference if importable.")
 _PEAK_TFLOPS = flags.DEFINE_float(
     "peak_tflops", 989.0, "Accelerator mode: dense bf16 peak of one device (H200: ~989).")
@@ -373,7 +374,36 @@ def cpu_sections() -> list[Callable[[dict], dict]]:
       print(f"{name}: {json.dumps(out[name])}", file=sys.stderr, flush=True)
     return {"train_step": out}
 
-  return [environment, matmul_peak, train_steps]
+  def jpeg_cache(_):
+    return {"cache": measure_jpeg_cache(_JPEGS.value)}
+
+  return [environment, matmul_peak, train_steps, jpeg_cache]
+
+
+def measure_jpeg_cache(count: int, size: int = 224) -> dict:
+  """Images/s of the decode cache on `count` 600x450 JPEGs resized to `size`.
+
+  The JPEGs are smooth random colour fields at quality 90, about the byte size
+  of HAM10000's; decoding uses every core and PIL's reduced-scale draft mode.
+  """
+  import tempfile
+  import numpy as np
+  from PIL import Image
+  from hamforget.data import cache
+  rng = np.random.default_rng(0)
+  with tempfile.TemporaryDirectory() as folder:
+    paths = []
+    for i in range(count):
+      coarse = rng.integers(0, 256, (9, 12, 3), dtype=np.uint8)
+      image = Image.fromarray(coarse).resize((600, 450), Image.BICUBIC)
+      paths.append(os.path.join(folder, f"ISIC_{i:07d}.jpg"))
+      image.save(paths[-1], quality=90)
+    start = time.perf_counter()
+    images = cache.decode_and_resize(paths, size, workers=0)
+    seconds = time.perf_counter() - start
+  return {"jpegs": count, "source_hw": [450, 600], "target": size,
+          "workers": os.cpu_count(), "seconds": round(seconds, 2),
+          "img_per_s": round(count / seconds, 1), "shape": list(images.shape)}
 
 
 def accelerator_sections() -> list[Callable[[dict], dict]]:

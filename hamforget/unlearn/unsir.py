@@ -7,14 +7,15 @@ possible on it:
 
     N_c = argmin_N  -CE(f(N), c) + lambda * mean_i ||N_i||^2,
 
-by Adam from N ~ normal(0, 1) in the normalised input space. Then
+by Adam from N ~ normal(0, 1) (in the normalised input space by default).
+Then
 
-- IMPAIR: one epoch of Adam on the union of the noise (each sample labelled
+- IMPAIR: an epoch of Adam on the union of the noise (each sample labelled
   with its own forget class, every sample used) and a small retain subset:
   learning the forget label on inputs that maximise the error of that label
   wrecks the weights that recognise the class;
-- REPAIR: one epoch of Adam on the retain subset alone, to heal the damage to
-  the retained classes.
+- REPAIR: epochs of Adam on the retain subset alone, to heal the damage to the
+  retained classes.
 
 Two bugs of the reference code are not repeated here: it labels every noise
 sample with class 0 and, looping over the channel axis, trains on only 3 noise
@@ -23,22 +24,32 @@ samples per noise batch.
 Needs `retain_subset` (a random `retain_subset_fraction` of the retain set) and
 a class forget request (`access.forget_classes`, K classes).
 
-Hyper-parameters (defaults):
-  retain_subset_fraction 0.1: of the retain set; the paper uses a small number
-    of samples per retained class; 0.1 is ~360 images on the default MNIST run.
+Hyper-parameters (defaults). Measured on the default MNIST run (3,600 retain
+images, class 0 forgotten, 2 seeds): the paper's lr 0.02 / 0.01 at batch 256
+with one repair epoch gives a single repair step on a few hundred images and
+left test retain accuracy at 0.38-0.61; the values below forget all of class 0
+(test forget accuracy 0.0) at test retain accuracy 0.86-0.90 (original 0.97).
+  retain_subset_fraction 0.1: of the retain set (~360 images on MNIST); the
+    paper uses a small number of samples per retained class.
   noise_per_class 256: noise samples per forget class (one reference batch).
   noise_steps 40: Adam steps on the noise (the reference's 5 epochs x 8 steps).
-  noise_learning_rate 0.1, noise_weight 0.1 (lambda).
-  noise_repeats 4: each noise sample appears this many times in the impair
-    epoch (the reference meant 20 copies of each noise batch against 1,000
-    retained images per class; 4 keeps that noise-to-retain ratio on the
-    small default MNIST subset).
-  batch_size 32: of the impair and repair epochs (the reference's 256 would
-    give a single repair step on a few hundred retained images).
-  impair_learning_rate 0.02, impair_epochs 1 (paper).
-  repair_learning_rate 0.01, repair_epochs 1 (paper).
+  noise_learning_rate 0.1, noise_weight 0.1 (lambda): paper.
+  noise_space "normalized": the noise lives in the model's input space and the
+    norm pulls it to 0 there, the normalisation mean (as the reference on
+    CIFAR-10); "pixels": in [0, 1] pixel units, pulled to black (the
+    reference's un-normalised MNIST). See `emmn`.
+  noise_repeats 2: each noise sample appears this many times in the impair
+    epoch (the reference meant 20 copies of each noise batch, against 1,000
+    retained images per class; 2 keeps a similar noise share, ~60%, against
+    ~360 retained images).
+  batch_size 16: of the impair and repair epochs (paper 256).
+  impair_learning_rate 0.01, impair_epochs 1 (paper 0.02: halved for the
+    16x smaller batch).
+  repair_learning_rate 0.005, repair_epochs 3 (paper 0.01 and 1 epoch, but of
+    8,000 images; 3 epochs of ~360 are ~70 steps).
   update_batch_stats True: BatchNorm in train mode during impair and repair,
-    as in the reference (the retain subset keeps its statistics real).
+    as in the reference (the retain subset keeps its statistics real; frozen
+    statistics collapsed the model to one class on MNIST).
 """
 
 from __future__ import annotations
@@ -67,7 +78,7 @@ def check_class_request(name: str, access) -> int:
 
 def learn_noise(model, variables, labels: jax.Array, direction: jax.Array,
                 image_shape: tuple[int, int, int], num_steps: int, learning_rate: float,
-                weight: float, rng: jax.Array):
+                weight: float, rng: jax.Array, space: str = "normalized"):
   """Noise (N, H, W, C) that drives the frozen model's loss on `labels` up or down.
 
   Minimises  mean_i direction_i * CE(f(N_i), labels_i) + weight * mean_i ||N_i||^2
@@ -80,12 +91,15 @@ def learn_noise(model, variables, labels: jax.Array, direction: jax.Array,
     cross-entropy of the maximising ("max_cross_entropy") and minimising
     ("min_cross_entropy") samples, 0 where there are none).
   """
+  if space not in ("normalized", "pixels"):
+    raise ValueError(f"noise space {space!r}: expected 'normalized' or 'pixels'")
+  to_input = (lambda n: (n - 0.5) / 0.5) if space == "pixels" else (lambda n: n)
   noise = jax.random.normal(rng, (labels.shape[0], *image_shape), jnp.float32)
   frozen = jax.lax.stop_gradient(variables)
 
   def loss_fn(noise, aux, rng, step):
     del rng, step
-    logits, _ = train.apply_model(model, frozen, noise, train=False)
+    logits, _ = train.apply_model(model, frozen, to_input(noise), train=False)
     cross_entropy = train.cross_entropy(logits, labels)
     norm = jnp.sum(jnp.square(noise), axis=(1, 2, 3))
     loss = jnp.mean(direction * cross_entropy) + weight * jnp.mean(norm)
@@ -97,7 +111,7 @@ def learn_noise(model, variables, labels: jax.Array, direction: jax.Array,
 
   tx = optax.adam(learning_rate)
   noise, _, _, metrics = train.minimize(loss_fn, noise, None, tx, tx.init(noise), rng, 0, num_steps)
-  return noise, metrics
+  return to_input(noise), metrics
 
 
 def mixed_batch(noise: jax.Array | None, noise_labels: jax.Array | None, repeats: int,
@@ -169,9 +183,9 @@ def fit_classifier(model, variables, sample: SampleFn, num_steps: int, learning_
 @base.register("unsir", needs={base.RETAIN_SUBSET},
                defaults={"retain_subset_fraction": 0.1, "noise_per_class": 256,
                          "noise_steps": 40, "noise_learning_rate": 0.1, "noise_weight": 0.1,
-                         "noise_repeats": 4, "batch_size": 32,
-                         "impair_learning_rate": 0.02, "impair_epochs": 1,
-                         "repair_learning_rate": 0.01, "repair_epochs": 1,
+                         "noise_space": "normalized", "noise_repeats": 2, "batch_size": 16,
+                         "impair_learning_rate": 0.01, "impair_epochs": 1,
+                         "repair_learning_rate": 0.005, "repair_epochs": 3,
                          "update_batch_stats": True})
 def unsir(model, variables, access, request, config, rng):
   del request
@@ -183,7 +197,8 @@ def unsir(model, variables, access, request, config, rng):
                       total_repeat_length=num_forget * config.noise_per_class)
   noise, noise_metrics = learn_noise(
       model, variables, labels, -jnp.ones(labels.shape, jnp.float32), access.image_shape,
-      config.noise_steps, config.noise_learning_rate, config.noise_weight, noise_rng)
+      config.noise_steps, config.noise_learning_rate, config.noise_weight, noise_rng,
+      config.noise_space)
 
   impair_sample, impair_size = mixed_batch(noise, labels, config.noise_repeats, subset,
                                            config.batch_size)

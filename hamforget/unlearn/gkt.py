@@ -99,6 +99,15 @@ def _kl(teacher_logits, student_logits, temperature: float) -> jax.Array:
   return jnp.sum(jnp.exp(log_t) * (log_t - log_s), axis=-1)
 
 
+def _only_gated(gate: jax.Array) -> jax.Array:
+  """Indices (B,) that fill a batch with the gated samples alone, each repeated
+  about equally often (all indices when nothing passes the gate)."""
+  size = gate.shape[0]
+  passed = jnp.sum(gate > 0)
+  order = jnp.argsort(gate <= 0, stable=True)  # gated samples first, in order
+  return order[jnp.arange(size) % jnp.maximum(passed, 1)]
+
+
 def _gate(teacher_logits, forget_classes, threshold: float) -> jax.Array:
   """1.0 where no forget class has teacher probability above `threshold`, (B,)."""
   probs = jax.nn.softmax(teacher_logits)
@@ -152,13 +161,15 @@ def gkt(model, variables, access, request, config, rng):
     return -kl, generator_stats
 
   def student_loss(params, batch_stats, images, teacher_logits, teacher_stages, gate):
-    logits, stages, batch_stats = _forward(
+    logits, stages, new_stats = _forward(
         model, {"params": params, "batch_stats": batch_stats}, images, train_mode=True)
     kl = _gated_mean(_kl(teacher_logits, logits, temperature), gate) / num_classes
     transfer = sum(
         _gated_mean(jnp.mean(jnp.square(attention(s) - attention(t)), axis=-1), gate)
         for s, t in zip(stages, teacher_stages))
-    return kl + config.at_beta * transfer, batch_stats
+    new_stats = jax.tree.map(lambda new, old: jnp.where(jnp.any(gate > 0), new, old),
+                             new_stats, batch_stats)
+    return kl + config.at_beta * transfer, new_stats
 
   def iteration(carry, index):
     generator_state, student_state = carry
@@ -180,23 +191,32 @@ def gkt(model, variables, access, request, config, rng):
     generator_params, generator_stats, generator_opt = generator_state
 
     # The student steps see one fixed batch: G and z do not change meanwhile.
+    # It holds the gated samples alone (repeated to the static batch size), so
+    # an ungated sample reaches neither the loss nor the BatchNorm statistics.
     images, generator_stats = generate(generator_params, generator_stats, z)
     images = jax.lax.stop_gradient(images)
     teacher_logits, teacher_stages = teacher_forward(images)
     gate = _gate(teacher_logits, forget_classes, config.threshold)
+    keep = _only_gated(gate)
+    images, teacher_logits, gate_rate = images[keep], teacher_logits[keep], jnp.mean(gate)
+    teacher_stages = [stage[keep] for stage in teacher_stages]
+    gate = gate[keep]
 
     def student_step(state, _):
       params, batch_stats, student_opt = state
       (loss, batch_stats), grads = jax.value_and_grad(student_loss, has_aux=True)(
           params, batch_stats, images, teacher_logits, teacher_stages, gate)
-      updates, student_opt = student_tx.update(grads, student_opt, params)
-      return (optax.apply_updates(params, updates), batch_stats, student_opt), loss
+      updates, new_opt = student_tx.update(grads, student_opt, params)
+      # Nothing gated (the reference skips such a batch): no step, not even Adam's momentum.
+      skip = lambda new, old: jnp.where(jnp.any(gate > 0), new, old)
+      params = jax.tree.map(skip, optax.apply_updates(params, updates), params)
+      return (params, batch_stats, jax.tree.map(skip, new_opt, student_opt)), loss
 
     student_state, student_losses = jax.lax.scan(
         student_step, (params, batch_stats, student_opt), None, length=config.student_steps)
     carry = ((generator_params, generator_stats, generator_opt), student_state)
     return carry, {"generator_loss": jnp.mean(generator_losses),
-                   "student_loss": jnp.mean(student_losses), "gate_rate": jnp.mean(gate)}
+                   "student_loss": jnp.mean(student_losses), "gate_rate": gate_rate}
 
   z_eval = jax.random.normal(eval_rng, (config.eval_size, config.latent_dim), jnp.float32)
 

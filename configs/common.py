@@ -6,6 +6,7 @@ Every key a module reads is defined here with its default and unit, so that
 
 import ml_collections
 
+from hamforget import unlearn
 from hamforget.evaluate import config as evaluate_config
 
 
@@ -59,9 +60,12 @@ def base_config() -> ml_collections.ConfigDict:
   config.forget.ids = ""               # groups/examples: comma-separated explicit ids
 
   config.unlearn = ml_collections.ConfigDict()
-  # Operators to run after `original` and `retrain`, in order. Each operator's
-  # hyper-parameters can be overridden as --config.unlearn.<name>.<key>=value.
+  # Operators to run after `original` and `retrain`, in order.
   config.unlearn.methods = ("finetune",)
+  # Every registered operator's hyper-parameters, with the defaults its module
+  # documents: --config.unlearn.<name>.<key>=value overrides one.
+  for name in unlearn.names():
+    config.unlearn[name] = ml_collections.ConfigDict(unlearn.get(name).defaults)
 
   config.evaluate = evaluate_config.evaluate_config()
 

@@ -5,23 +5,28 @@
 The workdir receives `config.json` (the resolved config), `splits.csv` (every
 example's split, and for training rows whether it is forgotten),
 `metrics.jsonl` (one JSON object per training epoch and per operator), orbax
-checkpoints of the original training (`checkpoints/original`) and of every
+checkpoints of the original training (`checkpoints/original/<fingerprint>`) and of every
 finished model (`models/<name>`), and the results and plots of
 `hamforget.report`. A restarted run resumes the original training from its
 last epoch and skips every model already finished, so it ends where an
-uninterrupted run would.
+uninterrupted run would. A finished model is reused only while the config
+that made it is unchanged (`model_fingerprint`): change an operator's
+hyper-parameters and rerun in the same workdir, and that operator (alone)
+runs again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import time
+import zlib
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -106,8 +111,41 @@ def _scalars(info: dict) -> dict[str, Any]:
   return out
 
 
+# Config sections that decide what the original model is. The operators add
+# their own `unlearn.<name>` section; `evaluate`, `mesh` and the data loading
+# knobs (cache, workers) change how a result is measured or computed, not it.
+_MODEL_SECTIONS = ("seed", "data", "augment", "model", "train", "forget")
+_NOT_IN_FINGERPRINT = {"data": ("cache_dir", "num_workers", "decode_workers")}
+
+
+def model_fingerprint(config: ml_collections.ConfigDict, name: str) -> str:
+  """A hash (hex) of the config values that model `name` depends on."""
+  parts = {}
+  for section in _MODEL_SECTIONS:
+    value = config[section]
+    if isinstance(value, ml_collections.ConfigDict):
+      value = {k: v for k, v in value.to_dict().items()
+               if k not in _NOT_IN_FINGERPRINT.get(section, ())}
+    parts[section] = value
+  if name != ORIGINAL:
+    section = config.unlearn.get(name)
+    parts["operator"] = [name, section.to_dict() if section is not None else {}]
+  text = json.dumps(parts, sort_keys=True, default=str)
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def operator_rng(rng: jax.Array, name: str) -> jax.Array:
+  """The operator's key: from its name, so adding or reordering methods
+  changes no other operator's result."""
+  return jax.random.fold_in(rng, zlib.crc32(name.encode()) & 0x7FFFFFFF)
+
+
 class ModelStore:
-  """Finished models under `workdir/models/<name>` (orbax), so restarts skip them."""
+  """Finished models under `workdir/models/<name>` (orbax), so restarts skip them.
+
+  Each model's JSON record carries the fingerprint of the config that made it;
+  a model whose fingerprint differs from the current one counts as unfinished.
+  """
 
   def __init__(self, workdir: str):
     self._root = os.path.abspath(os.path.join(workdir, "models"))
@@ -116,15 +154,18 @@ class ModelStore:
   def _path(self, name: str) -> str:
     return os.path.join(self._root, name)
 
-  def load(self, name: str, like) -> tuple[Any, dict] | None:
-    """(variables, record) of a finished model, or None."""
+  def load(self, name: str, like, fingerprint: str) -> tuple[Any, dict] | None:
+    """(variables, record) of a finished model made by this config, or None."""
     record_path = self._path(name) + ".json"
     if not os.path.exists(record_path):
       return None
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-    variables = self._checkpointer.restore(self._path(name), abstract)
     with open(record_path) as f:
-      return variables, json.load(f)
+      record = json.load(f)
+    if record.get("fingerprint") != fingerprint:
+      logging.info("%s: its config changed since it was made; making it again", name)
+      return None
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    return self._checkpointer.restore(self._path(name), abstract), record
 
   def save(self, name: str, variables, record: dict) -> None:
     self._checkpointer.save(self._path(name), variables, force=True)
@@ -136,12 +177,17 @@ class ModelStore:
 
 def train_original(config, model, data: ExperimentData, workdir: str, rng,
                    mesh=None) -> tuple[Any, dict]:
-  """Trains the original model on the whole training split (forget set included)."""
+  """Trains the original model on the whole training split (forget set included).
+
+  Resumes from the last epoch checkpointed by a run of the same config; the
+  checkpoints of each config live apart, so a changed config starts afresh.
+  """
   train_data = data.device["train"]
   spec = train.make_fit_spec(model, config.train, config.augment, train_data.size)
   init_rng, fit_rng = jax.random.split(rng)
   variables = train.init_variables(model, data.image_shape, init_rng)
-  checkpoints = checkpoint.FitCheckpoints(os.path.join(workdir, "checkpoints", ORIGINAL))
+  checkpoints = checkpoint.FitCheckpoints(
+      os.path.join(workdir, "checkpoints", ORIGINAL, model_fingerprint(config, ORIGINAL)))
   bar = progress.bar(spec.num_epochs, f"train {ORIGINAL}")
 
   def on_epoch(carry):
@@ -219,8 +265,8 @@ def build_populations(config, model, original, data: ExperimentData, names, rng)
   """
   size = config.evaluate.challenge_population
   populations = {}
-  for index, name in enumerate(names):
-    access_rng, op_rng = jax.random.split(jax.random.fold_in(rng, index))
+  for name in names:
+    access_rng, op_rng = jax.random.split(operator_rng(rng, name))
     fn, access = _prepare_operator(name, config, model, data, access_rng)
     population = jax.jit(jax.vmap(fn, in_axes=(None, None, 0)))
     progress.say(f"population of {size} x {name} ...")
@@ -240,14 +286,40 @@ def _loss_endpoints(info: dict) -> dict[str, float]:
   return {"initial_loss": float("nan"), "final_loss": float("nan")}
 
 
+@contextlib.contextmanager
+def _timed(phases: dict[str, float], name: str):
+  """Adds the wall seconds of the block to `phases[name]`."""
+  start = time.perf_counter()
+  yield
+  phases[name] = phases.get(name, 0.0) + time.perf_counter() - start
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> dict[str, dict[str, float]]:
-  """Runs the whole experiment and writes every output into `workdir`."""
+  """Runs the whole experiment and writes every output into `workdir`.
+
+  Besides the outputs listed in the module docstring, `timings.json` holds the
+  wall seconds of each phase of this invocation (data, original, each
+  operator including its compilation, populations, evaluate, report, total);
+  a model restored from an earlier invocation costs ~0 s here.
+  """
+  phases: dict[str, float] = {}
+  with _timed(phases, "total"):
+    results = _run(config, workdir, mesh, phases)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "timings.json"), "w") as f:
+      json.dump({k: round(v, 2) for k, v in phases.items()}, f, indent=1)
+  progress.say("phases (s): " + ", ".join(f"{k} {v:.0f}" for k, v in phases.items()))
+  return results
+
+
+def _run(config, workdir: str, mesh, phases: dict[str, float]) -> dict[str, dict[str, float]]:
   os.makedirs(workdir, exist_ok=True)
   is_writer = jax.process_index() == 0
   if is_writer:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
-  data = prepare_data(config, mesh)
+  with _timed(phases, "data"):
+    data = prepare_data(config, mesh)
   if is_writer:
     splits.split_table(data.dataset.examples, data.split, data.forget_mask,
                        data.dataset.class_names).to_csv(
@@ -259,31 +331,38 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> dict[str,
 
   models: dict[str, Any] = {}
   costs: dict[str, dict] = {}
-  finished = store.load(ORIGINAL, like)
+  fingerprint = model_fingerprint(config, ORIGINAL)
+  finished = store.load(ORIGINAL, like, fingerprint)
   if finished is None:
-    start = time.perf_counter()
-    variables, info = train_original(config, model, data, workdir, jax.random.fold_in(rng, 0),
-                                     mesh)
-    record = {"wall_s": time.perf_counter() - start, **_loss_endpoints(info),
-              "steps": int(info["steps"]), "examples_seen": int(info["examples_seen"])}
+    with _timed(phases, ORIGINAL):
+      variables, info = train_original(config, model, data, workdir,
+                                       jax.random.fold_in(rng, 0), mesh)
+    record = {"wall_s": phases[ORIGINAL], **_loss_endpoints(info),
+              "steps": int(info["steps"]), "examples_seen": int(info["examples_seen"]),
+              "fingerprint": fingerprint}
     store.save(ORIGINAL, variables, record)
   else:
     variables, record = finished
     logging.info("original: restored finished model")
+  models_changed = finished is None
   models[ORIGINAL], costs[ORIGINAL] = variables, record
 
   methods = [RETRAIN] + [m for m in config.unlearn.methods if m != RETRAIN]
-  for index, name in enumerate(methods, start=1):
-    finished = store.load(name, like)
+  for name in methods:
+    # A new original invalidates every model made from it.
+    fingerprint = model_fingerprint(config, name)
+    finished = None if models_changed else store.load(name, like, fingerprint)
     if finished is None:
       logging.info("running %s", name)
       progress.say(f"unlearn {name} ...")
-      new_variables, info, timings = run_operator(
-          name, config, model, models[ORIGINAL], data, jax.random.fold_in(rng, index))
+      with _timed(phases, name):
+        new_variables, info, timings = run_operator(
+            name, config, model, models[ORIGINAL], data, operator_rng(rng, name))
       summary = _scalars(info)
       record = {**timings, **_loss_endpoints(info),
                 "steps": int(summary.get("steps", 0)),
-                "examples_seen": int(summary.get("examples_seen", 0))}
+                "examples_seen": int(summary.get("examples_seen", 0)),
+                "fingerprint": fingerprint}
       if is_writer:
         _write_json_line(os.path.join(workdir, "metrics.jsonl"),
                          {"phase": name, **record, "info": summary})
@@ -296,12 +375,15 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> dict[str,
 
   populations = None
   if config.evaluate.challenge_population:
-    populations = build_populations(config, model, models[ORIGINAL], data, methods,
-                                    jax.random.fold_in(rng, 20_000))
+    with _timed(phases, "populations"):
+      populations = build_populations(config, model, models[ORIGINAL], data, methods,
+                                      jax.random.fold_in(rng, 20_000))
   progress.say("evaluate ...")
-  results, per_example, curves = suite.evaluate_models(
-      model, models, data.device, data.request, data.dataset.class_names, config.evaluate,
-      jax.random.fold_in(rng, 10_000), costs, populations=populations)
+  with _timed(phases, "evaluate"):
+    results, per_example, curves = suite.evaluate_models(
+        model, models, data.device, data.request, data.dataset.class_names, config.evaluate,
+        jax.random.fold_in(rng, 10_000), costs, populations=populations)
   if is_writer:
-    report.write_report(workdir, results, per_example, curves, data.dataset.class_names)
+    with _timed(phases, "report"):
+      report.write_report(workdir, results, per_example, curves, data.dataset.class_names)
   return results

@@ -3,6 +3,7 @@ r"""Throughput of the project's ResNet-18 train step, against a PyTorch referenc
   python -m launch.benchmark                       # CPU: the issue's shapes
   python -m launch.benchmark --shapes=28x28x1 --steps=5
   python -m launch.benchmark --mode=accelerator    # GPU/TPU: 224x224 bf16, MFU
+  python -m launch.benchmark --end_to_end_config=configs/mnist.py:local --shapes=28x28x1
 
 Prints one JSON object. Each section is a small function returning a dict;
 `SECTIONS` lists them in order, so a new measurement is one more function.
@@ -13,7 +14,8 @@ levers found on a 2-core machine (per-layer conv lowering from
 `hamforget.models.fast_conv`, a data-parallel mesh over virtual CPU devices)
 and, interleaved step by step so that load from other processes hits both
 alike, the same architecture in PyTorch eager when torch is importable.
-torch is never a dependency of the package.
+torch is never a dependency of the package. It then times the main job
+end to end, phase by phase (`measure_main_job`).
 
 Model FLOPs are XLA's cost analysis of the unsharded step with nn.Conv (XLA
 does not count multiplications by the zero padding, so they are ~5-10% below
@@ -23,7 +25,6 @@ the textbook count).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import sys
@@ -46,6 +47,10 @@ _CONV = flags.DEFINE_enum("conv", "auto", ["auto", "xla", "matmul"],
 _DEVICES = flags.DEFINE_integer(
     "devices", 0, "Data-parallel CPU devices for every shape; 0: the shape's measured best.")
 _JPEGS = flags.DEFINE_integer("jpegs", 600, "JPEGs decoded by the cache benchmark.")
+_END_TO_END = flags.DEFINE_string(
+    "end_to_end_config", "configs/mnist.py",
+    "CPU mode: the main job (`launch.main`) whose phases are timed, run as a "
+    "subprocess in a temporary workdir; '' skips it.")
 _TORCH = flags.DEFINE_bool("torch", True, "Also time the PyTorch eager reference if importable.")
 _PEAK_TFLOPS = flags.DEFINE_float(
     "peak_tflops", 989.0, "Accelerator mode: dense bf16 peak of one device (H200: ~989).")
@@ -377,7 +382,41 @@ def cpu_sections() -> list[Callable[[dict], dict]]:
   def jpeg_cache(_):
     return {"cache": measure_jpeg_cache(_JPEGS.value)}
 
-  return [environment, matmul_peak, train_steps, jpeg_cache]
+  def end_to_end(_):
+    return {"end_to_end": measure_main_job(_END_TO_END.value)} if _END_TO_END.value else {}
+
+  return [environment, matmul_peak, train_steps, jpeg_cache, end_to_end]
+
+
+def measure_main_job(config: str) -> dict:
+  """Wall seconds of `python -m launch.main --config=<config>`, whole and by phase.
+
+  The phases come from the run's `timings.json`; per model, `compile_s` and
+  `execute_s` (the operator's jitted program, execution only) from its record
+  in `models/<name>.json`. The dataset cache is cold (a fresh cache folder).
+  """
+  import subprocess
+  import tempfile
+  with tempfile.TemporaryDirectory() as folder:
+    workdir = os.path.join(folder, "run")
+    command = [sys.executable, "-m", "launch.main", f"--config={config}",
+               f"--workdir={workdir}", f"--config.data.cache_dir={folder}/cache"]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # the job's own devices
+    start = time.perf_counter()
+    subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
+    seconds = time.perf_counter() - start
+    with open(os.path.join(workdir, "timings.json")) as f:
+      phases = json.load(f)
+    models = {}
+    for name in sorted(os.listdir(os.path.join(workdir, "models"))):
+      if name.endswith(".json"):
+        with open(os.path.join(workdir, "models", name)) as f:
+          record = json.load(f)
+        models[name[:-5]] = {"compile_s": round(record.get("compile_s", 0.0), 2),
+                             "execute_s": round(record["wall_s"], 2)}
+  return {"config": config, "command_s": round(seconds, 1),
+          "startup_s": round(seconds - phases["total"], 1), "phases_s": phases,
+          "models": models}
 
 
 def measure_jpeg_cache(count: int, size: int = 224) -> dict:

@@ -6,7 +6,6 @@ import os
 import jax
 import numpy as np
 import pandas as pd
-import pytest
 
 import fixtures
 from configs import ham10000, mnist
@@ -38,8 +37,8 @@ def test_ham10000_run_on_the_published_layout_writes_every_output(tmp_path):
   results = _run(config, workdir)
 
   assert set(results) == {"original", "retrain", "finetune"}
-  for name in ("config.json", "splits.csv", "metrics.jsonl", "results.json", "results.csv",
-               "results.md", "loss_histograms.png", "per_class_accuracy.png",
+  for name in ("config.json", "splits.csv", "metrics.jsonl", "timings.json", "results.json",
+               "results.csv", "results.md", "loss_histograms.png", "per_class_accuracy.png",
                "relearning_curves.png", "attack_accuracy.png", "per_example_finetune.npz"):
     assert (workdir / name).stat().st_size > 0, name
   table = pd.read_csv(workdir / "splits.csv")
@@ -56,9 +55,19 @@ def test_ham10000_run_on_the_published_layout_writes_every_output(tmp_path):
   with np.load(workdir / "per_example_finetune.npz", allow_pickle=False) as arrays:
     assert arrays["forget_loss"].shape == (len(forgotten),)
 
-  # A restarted run finds every model finished and reproduces the results.
+  # A restarted run finds every model finished, reruns nothing and reproduces
+  # the results.
+  phases = lambda: [json.loads(line)["phase"]
+                    for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  done = phases()
   again = _run(config, workdir)
+  assert phases() == done
   assert again["finetune"]["acc_test"] == results["finetune"]["acc_test"]
+
+  # A changed hyper-parameter of one operator reruns that operator alone.
+  config.unlearn.finetune.learning_rate = 0.05
+  _run(config, workdir)
+  assert phases()[len(done):] == ["finetune"]
 
 
 def test_short_mnist_training_is_well_above_chance(tmp_path):

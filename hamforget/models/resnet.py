@@ -15,7 +15,7 @@ second model definition.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp

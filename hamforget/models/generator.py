@@ -3,6 +3,8 @@ Micaelli & Storkey 2019): noise z -> an image the teacher finds informative."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -13,10 +15,13 @@ class Generator(nn.Module):
 
   Dense to (H/4, W/4, 2*width), two nearest-neighbour x2 upsamplings with 3x3
   convs, BatchNorm and LeakyReLU, a 3x3 conv to C channels and tanh. H and W
-  must be divisible by 4.
+  must be divisible by 4. `conv` is the convolution module: pass the
+  classifier's (`hamforget.models.fast_conv` on CPU), since XLA:CPU's own
+  gradient convolutions are ~10x slower inside the training scan.
   """
   image_shape: tuple[int, int, int]
   width: int = 64
+  conv: Any = nn.Conv
 
   @nn.compact
   def __call__(self, z, train: bool = True):
@@ -28,5 +33,5 @@ class Generator(nn.Module):
     x = norm()(x.reshape(z.shape[0], h // 4, w // 4, 2 * self.width))
     for features in (2 * self.width, self.width):
       x = jax.image.resize(x, (x.shape[0], x.shape[1] * 2, x.shape[2] * 2, x.shape[3]), "nearest")
-      x = nn.leaky_relu(norm()(nn.Conv(features, (3, 3))(x)), 0.2)
-    return jnp.tanh(nn.Conv(c, (3, 3))(x))
+      x = nn.leaky_relu(norm()(self.conv(features, (3, 3))(x)), 0.2)
+    return jnp.tanh(self.conv(c, (3, 3))(x))

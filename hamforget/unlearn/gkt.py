@@ -62,6 +62,7 @@ Hyper-parameters (defaults):
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -133,7 +134,9 @@ def gkt(model, variables, access, request, config, rng):
   teacher = jax.lax.stop_gradient(variables)
   student_rng, generator_rng, z_rng, eval_rng = jax.random.split(rng, 4)
 
-  generator = Generator(access.image_shape, config.generator_width)
+  # The classifier's convolution lowering (the fast one on CPU) serves G too.
+  generator = Generator(access.image_shape, config.generator_width,
+                        conv=getattr(model, "conv", nn.Conv))
   generator_variables = generator.init(
       generator_rng, jnp.zeros((2, config.latent_dim), jnp.float32), train=True)
   student = train.init_variables(model, access.image_shape, student_rng)

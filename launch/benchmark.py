@@ -14,8 +14,10 @@ levers found on a 2-core machine (per-layer conv lowering from
 `hamforget.models.fast_conv`, a data-parallel mesh over virtual CPU devices)
 and, interleaved step by step so that load from other processes hits both
 alike, the same architecture in PyTorch eager when torch is importable.
-torch is never a dependency of the package. It then times the main job
-end to end, phase by phase (`measure_main_job`).
+torch is never a dependency of the package. It then times the main job's
+own training path, an epoch in one `lax.scan`, on 1 and 2 virtual devices
+(`measure_scanned_epoch`), and the main job end to end, phase by phase
+(`measure_main_job`).
 
 Model FLOPs are XLA's cost analysis of the unsharded step with nn.Conv (XLA
 does not count multiplications by the zero padding, so they are ~5-10% below
@@ -382,10 +384,50 @@ def cpu_sections() -> list[Callable[[dict], dict]]:
   def jpeg_cache(_):
     return {"cache": measure_jpeg_cache(_JPEGS.value)}
 
+  def scanned_epoch(_):
+    return {"scanned_epoch": {f"{n}_devices": measure_scanned_epoch(n)
+                              for n in (1, 2) if n <= _jax().device_count()}}
+
   def end_to_end(_):
     return {"end_to_end": measure_main_job(_END_TO_END.value)} if _END_TO_END.value else {}
 
-  return [environment, matmul_peak, train_steps, jpeg_cache, end_to_end]
+  return [environment, matmul_peak, train_steps, scanned_epoch, jpeg_cache, end_to_end]
+
+
+def measure_scanned_epoch(num_devices: int, num_examples: int = 4000, epochs: int = 2) -> dict:
+  """Images/s of the main job's training path: `train.fit_epoch` (one
+  `lax.scan` over the epoch's steps, batches gathered and augmented on the
+  device) for the default MNIST config, on a data-parallel mesh of
+  `num_devices` virtual CPU devices. Random uint8 digits; one compilation."""
+  jax = _jax()
+  import numpy as np
+  from configs import mnist
+  from hamforget import sharding, train
+  from hamforget.models import build_model
+  config = mnist.get_config()
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (num_examples, 28, 28, 1), np.uint8)
+  labels = rng.integers(0, 10, num_examples).astype(np.int32)
+  mesh = sharding.make_mesh(num_devices)
+  with jax.set_mesh(mesh):
+    model = build_model(config.model, 10)
+    spec = train.make_fit_spec(model, config.train, config.augment, num_examples)
+    data = train.to_device(images, labels, mesh)
+    val = train.to_device(images[:512], labels[:512], mesh)
+    carry = train.init_fit(spec, train.init_variables(model, (28, 28, 1), jax.random.key(0)))
+    epoch = jax.jit(lambda c, k: train.fit_epoch(spec, c, data, val, k))
+    start = time.perf_counter()
+    compiled = epoch.lower(carry, jax.random.key(1)).compile()
+    compile_s = time.perf_counter() - start
+    times = []
+    for e in range(epochs):
+      start = time.perf_counter()
+      carry = jax.block_until_ready(compiled(carry, jax.random.key(2 + e)))
+      times.append(time.perf_counter() - start)
+  steps = train.steps_per_epoch(num_examples, spec.batch_size)
+  return {"devices": num_devices, "batch": spec.batch_size, "steps_per_epoch": steps,
+          "compile_s": round(compile_s, 1), "epoch_s_median": round(_median(times), 2),
+          "img_per_s": round(steps * spec.batch_size / _median(times), 1)}
 
 
 def measure_main_job(config: str) -> dict:
@@ -488,7 +530,8 @@ def _set_cpu_devices(argv):
   flags.FLAGS(argv, known_only=True)
   if _MODE.value != "cpu":
     return
-  wanted = _DEVICES.value or max(SHAPES[s].devices for s in _SHAPES.value)
+  # At least 2: the scanned-epoch section compares 1 and 2 devices.
+  wanted = max(2, _DEVICES.value or max(SHAPES[s].devices for s in _SHAPES.value))
   # On a loaded machine one device's share of a step can lag the others' by
   # more than XLA's default 40 s collective timeout, which aborts the process.
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +

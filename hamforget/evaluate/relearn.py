@@ -14,12 +14,18 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from hamforget import train
+from hamforget import sharding, train
 from hamforget.train import DeviceData, Variables
 
 
 def heldout_accuracy(model, variables: Variables, data: DeviceData, batch_size: int) -> jax.Array:
-  """Eval-mode accuracy, float32 scalar in [0, 1], of `variables` on `data`."""
+  """Eval-mode accuracy, float32 scalar in [0, 1], of `variables` on `data`.
+
+  Runs once per relearning step, so a held-out set smaller than a batch is
+  not padded to `batch_size` (only to a multiple of the data-parallel size).
+  """
+  shards = sharding.data_size()
+  batch_size = min(batch_size, -(-data.size // shards) * shards)
   logits = train.predict(model, variables, data.images, batch_size)
   return jnp.mean(jnp.argmax(logits, -1) == data.labels)
 

@@ -47,9 +47,12 @@ pseudo-samples used (with repetition).
 
 Hyper-parameters (defaults):
   num_iterations 150: iterations of (generator steps, student steps). The
-    reference runs 4,000 pseudo-batches and reports its table at 450-900;
-    on a 2-core CPU one iteration of a width-0.125 ResNet-18 on 28x28 images
-    costs about 1-2 s, so 150 keeps a default MNIST run to a few minutes.
+    reference runs 4,000 pseudo-batches and reports its table at 450-900.
+    At these defaults an iteration on 28x28 images (width-0.125 ResNet-18)
+    costs ~9 s on 2 CPU cores, the generator's convolutions most of it;
+    `configs/mnist.py` shrinks the generator, the batch and the student steps
+    to ~1.7 s an iteration, and a student that small a budget leaves is near
+    chance: this method wants an accelerator.
   batch_size 256, latent_dim 128, generator_width 64.
   generator_steps 1, student_steps 10 (reference).
   generator_learning_rate 1e-3, student_learning_rate 1e-3 (Adam; reference).

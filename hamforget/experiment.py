@@ -134,6 +134,14 @@ def model_fingerprint(config: ml_collections.ConfigDict, name: str) -> str:
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def method_names(config: ml_collections.ConfigDict) -> list[str]:
+  """`config.unlearn.methods` as a list of names. On the command line
+  `--config.unlearn.methods=finetune,scrub` arrives as ("finetune,scrub",)."""
+  methods = config.unlearn.methods
+  methods = [methods] if isinstance(methods, str) else methods
+  return [name.strip() for entry in methods for name in entry.split(",") if name.strip()]
+
+
 def operator_rng(rng: jax.Array, name: str) -> jax.Array:
   """The operator's key: from its name, so adding or reordering methods
   changes no other operator's result."""
@@ -347,7 +355,7 @@ def _run(config, workdir: str, mesh, phases: dict[str, float]) -> dict[str, dict
   models_changed = finished is None
   models[ORIGINAL], costs[ORIGINAL] = variables, record
 
-  methods = [RETRAIN] + [m for m in config.unlearn.methods if m != RETRAIN]
+  methods = [RETRAIN] + [m for m in method_names(config) if m != RETRAIN]
   for name in methods:
     # A new original invalidates every model made from it.
     fingerprint = model_fingerprint(config, name)

@@ -70,6 +70,16 @@ def test_ham10000_run_on_the_published_layout_writes_every_output(tmp_path):
   assert phases()[len(done):] == ["finetune"]
 
 
+def test_methods_from_the_command_line_or_a_config_file():
+  config = mnist.get_config()
+  config.unlearn.methods = ("finetune, scrub",)  # what --config.unlearn.methods=... gives
+  assert experiment.method_names(config) == ["finetune", "scrub"]
+  config.unlearn.methods = ("finetune", "scrub")
+  assert experiment.method_names(config) == ["finetune", "scrub"]
+  config.unlearn.methods = ()
+  assert experiment.method_names(config) == []
+
+
 def test_short_mnist_training_is_well_above_chance(tmp_path):
   config = mnist.get_config("local")
   config.data.cache_dir = str(tmp_path / "cache")

@@ -105,18 +105,11 @@ def emmn(model, variables, access, request, config, rng):
       config.update_batch_stats, repair_rng)
 
   info = {
-      "steps": jnp.int32(impair_steps + repair_steps),
+      **unsir.impair_repair_info(noise_metrics, impair_metrics, repair_metrics,
+                                 labels.shape[0], config.noise_steps),
       "examples_seen": jnp.int32(0),  # zero-shot: no training example exists here
       "noise_seen": jnp.int32((impair_steps + repair_steps) * config.batch_size),
-      "noise_samples": jnp.int32(labels.shape[0]),
-      "noise_steps": jnp.int32(config.noise_steps),
-      "noise_loss": noise_metrics["loss"],
       "max_noise_cross_entropy": noise_metrics["max_cross_entropy"],
       "min_noise_cross_entropy": noise_metrics["min_cross_entropy"],
-      "loss": jnp.concatenate([impair_metrics["loss"], repair_metrics["loss"]]),
-      "impair_loss": impair_metrics["loss"],
-      "impair_accuracy": impair_metrics["accuracy"],
-      "repair_loss": repair_metrics["loss"],
-      "repair_accuracy": repair_metrics["accuracy"],
   }
   return repaired, info

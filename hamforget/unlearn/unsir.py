@@ -215,17 +215,27 @@ def unsir(model, variables, access, request, config, rng):
 
   real_seen = jnp.sum(impair_metrics["real"]) + jnp.sum(repair_metrics["real"])
   info = {
-      "steps": jnp.int32(impair_steps + repair_steps),
+      **impair_repair_info(noise_metrics, impair_metrics, repair_metrics, labels.shape[0],
+                           config.noise_steps),
       "examples_seen": real_seen,
       "noise_seen": jnp.int32(impair_steps * config.batch_size) - jnp.sum(impair_metrics["real"]),
-      "noise_samples": jnp.int32(labels.shape[0]),
-      "noise_steps": jnp.int32(config.noise_steps),
-      "noise_loss": noise_metrics["loss"],
       "noise_cross_entropy": noise_metrics["max_cross_entropy"],
+  }
+  return repaired, info
+
+
+def impair_repair_info(noise_metrics, impair_metrics, repair_metrics, num_noise: int,
+                       noise_steps: int) -> dict[str, jax.Array]:
+  """The `info` entries every impair-repair operator reports: steps, the noise
+  ascent's loss curve, and each phase's loss and accuracy per step."""
+  return {
+      "steps": jnp.int32(impair_metrics["loss"].shape[0] + repair_metrics["loss"].shape[0]),
+      "noise_samples": jnp.int32(num_noise),
+      "noise_steps": jnp.int32(noise_steps),
+      "noise_loss": noise_metrics["loss"],
       "loss": jnp.concatenate([impair_metrics["loss"], repair_metrics["loss"]]),
       "impair_loss": impair_metrics["loss"],
       "impair_accuracy": impair_metrics["accuracy"],
       "repair_loss": repair_metrics["loss"],
       "repair_accuracy": repair_metrics["accuracy"],
   }
-  return repaired, info

@@ -173,8 +173,11 @@ def make_optimizer(train_config, total_steps: int, steps_per_epoch_: int) -> opt
   usual recipe for ResNets.
   """
   warmup = int(train_config.warmup_epochs * steps_per_epoch_)
-  schedule = optax.warmup_cosine_decay_schedule(
-      0.0, train_config.learning_rate, warmup, max(total_steps, warmup + 1))
+  if warmup:
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, train_config.learning_rate, warmup, max(total_steps, warmup + 1))
+  else:  # the same curve; optax warns about a zero-length warmup
+    schedule = optax.cosine_decay_schedule(train_config.learning_rate, max(total_steps, 1))
   kernels_only = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
   if train_config.optimizer == "sgd":
     return optax.chain(

@@ -7,9 +7,10 @@ Arguments (comma-separated, combinable):
   local:     a smoke variant that runs in about a minute (tiny model, few epochs).
   challenge: the NeurIPS 2023 unlearning challenge's setting and score: forget
              a random 10% of training examples, and rerun `retrain` and each
-             operator with `evaluate.challenge_population` seeds (8 here, in
-             one vmapped program each) to score forgetting quality. 8 seeds
-             suit a CPU; the challenge used 512, an accelerator's size.
+             operator with `evaluate.challenge_population` seeds (8 here, one
+             program each) to score forgetting quality. 11 minutes on 2 CPU
+             cores, of which the populations take 7; the challenge used 512
+             seeds, an accelerator's size.
 """
 
 from configs import common

@@ -6,7 +6,8 @@ The workdir receives `config.json` (the resolved config), `splits.csv` (every
 example's split, and for training rows whether it is forgotten),
 `metrics.jsonl` (one JSON object per training epoch and per operator), orbax
 checkpoints of the original training (`checkpoints/original/<fingerprint>`) and of every
-finished model (`models/<name>`), and the results and plots of
+finished model (`models/<name>`; challenge populations as
+`models/population_<name>`), and the results and plots of
 `hamforget.report`. A restarted run resumes the original training from its
 last epoch and skips every model already finished, so it ends where an
 uninterrupted run would. A finished model is reused only while the config
@@ -265,21 +266,53 @@ def run_operator(name: str, config, model, variables, data: ExperimentData, rng)
   return new_variables, info, {"wall_s": time.perf_counter() - start, "compile_s": compile_s}
 
 
-def build_populations(config, model, original, data: ExperimentData, names, rng) -> dict:
+def population_batch(batch: int, size: int, platform: str) -> int:
+  """Seeds per vmap of a population of `size`: `batch`, or 0's platform default."""
+  if batch < 0:
+    raise ValueError(f"evaluate.population_batch={batch}: expected 0 (auto) or a positive count")
+  if batch == 0:
+    batch = 1 if platform == "cpu" else size
+  return min(batch, size)
+
+
+def build_populations(config, model, original, data: ExperimentData, names, rng,
+                      store: ModelStore | None = None, remake: bool = False) -> dict:
   """Each model of `names` rerun with `config.evaluate.challenge_population` seeds.
 
-  One vmapped program per operator: the seeds are a batch axis, not a Python
-  loop. Returns name -> variables stacked over a leading axis of M seeds.
+  One program per operator: the seeds are a batch axis (`lax.map` over groups
+  of `population_batch` vmapped seeds), not a Python loop. A finished
+  population is saved to `store` (as `population_<name>`) and reused by a
+  restarted run of the same config, unless `remake` (a new original).
+  Returns name -> variables stacked over a leading axis of M seeds.
   """
   size = config.evaluate.challenge_population
+  batch = population_batch(config.evaluate.population_batch, size, jax.default_backend())
+  like = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct((size, *x.shape), x.dtype, sharding=x.sharding), original)
   populations = {}
   for name in names:
+    key, fingerprint = f"population_{name}", f"{model_fingerprint(config, name)}-{size}"
+    finished = None if store is None or remake else store.load(key, like, fingerprint)
+    if finished is not None:
+      populations[name] = finished[0]
+      continue
     access_rng, op_rng = jax.random.split(operator_rng(rng, name))
     fn, access = _prepare_operator(name, config, model, data, access_rng)
-    population = jax.jit(jax.vmap(fn, in_axes=(None, None, 0)))
-    progress.say(f"population of {size} x {name} ...")
-    populations[name], _ = jax.block_until_ready(
-        population(original, access, jax.random.split(op_rng, size)))
+
+    # The variables and data are arguments, not closed over: captured arrays
+    # would be baked into the program as constants.
+    def seeds(variables, access, keys, fn=fn):
+      return jax.lax.map(lambda key: fn(variables, access, key)[0], keys,
+                         batch_size=batch if batch > 1 else None)
+    progress.say(f"population of {size} x {name} ({batch} at a time) ...")
+    start = time.perf_counter()
+    populations[name] = jax.block_until_ready(
+        jax.jit(seeds)(original, access, jax.random.split(op_rng, size)))
+    seconds = time.perf_counter() - start
+    progress.say(f"population of {size} x {name}: {seconds:.0f} s (compile included)")
+    if store is not None:
+      store.save(key, populations[name], {"wall_s": seconds, "size": size,
+                                          "fingerprint": fingerprint})
   return populations
 
 
@@ -385,7 +418,7 @@ def _run(config, workdir: str, mesh, phases: dict[str, float]) -> dict[str, dict
   if config.evaluate.challenge_population:
     with _timed(phases, "populations"):
       populations = build_populations(config, model, models[ORIGINAL], data, methods,
-                                      jax.random.fold_in(rng, 20_000))
+                                      jax.random.fold_in(rng, 20_000), store, models_changed)
   progress.say("evaluate ...")
   with _timed(phases, "evaluate"):
     results, per_example, curves = suite.evaluate_models(

@@ -6,10 +6,13 @@ import os
 import jax
 import numpy as np
 import pandas as pd
+import pytest
 
 import fixtures
+from operator_harness import assert_trees_equal
 from configs import ham10000, mnist
-from hamforget import experiment, sharding
+from hamforget import experiment, sharding, train
+from hamforget.models import build_model
 
 REAL_METADATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared",
                              "data", "HAM10000_metadata.csv")
@@ -89,3 +92,52 @@ def test_short_mnist_training_is_well_above_chance(tmp_path):
   assert results["original"]["acc_test"] > 0.6  # chance is 0.1
   # The retrained model never saw digit 0 and cannot name it.
   assert results["retrain"]["acc_forget"] < 0.05
+
+
+def test_population_members_are_the_seeds_runs_however_many_are_vmapped(tmp_path, monkeypatch):
+  config = mnist.get_config("challenge,local")
+  config.data.cache_dir = str(tmp_path / "cache")
+  config.unlearn.neggrad_plus.num_epochs = 0.3  # 5 steps: enough to tell seeds apart
+  config.evaluate.challenge_population = 3
+  mesh = sharding.make_mesh(2)
+  with jax.set_mesh(mesh):
+    data = experiment.prepare_data(config, mesh)
+    model = build_model(config.model, data.num_classes)
+    original = train.init_variables(model, data.image_shape, jax.random.key(0))
+    store = experiment.ModelStore(str(tmp_path / "run"))
+    build = lambda: experiment.build_populations(config, model, original, data, ["neggrad_plus"],
+                                                 jax.random.key(1), store)["neggrad_plus"]
+    members = {}
+    for batch in (1, 2, 3):  # a scan of 3, a vmap of 2 then 1, one vmap of 3
+      config.evaluate.population_batch = batch
+      population = build()
+      members[batch] = [jax.tree.map(lambda x, i=i: np.asarray(x[i]), population)
+                        for i in range(3)]
+      # Saved once made: a restarted run of the same config reuses it.
+      monkeypatch.setattr(experiment, "_prepare_operator", None)
+      assert_trees_equal(build(), population)
+      monkeypatch.undo()
+      (tmp_path / "run" / "models" / "population_neggrad_plus.json").unlink()
+
+  flat = lambda tree: np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree["params"])])
+  start = flat(original)
+
+  def distance(a, b):
+    """Relative distance between two runs' parameter updates."""
+    a, b = flat(a) - start, flat(b) - start
+    return np.linalg.norm(a - b) / np.linalg.norm(b)
+
+  # Vmapped convolutions sum in another order: equal up to float drift, while
+  # two seeds' runs (other batches, other augmentations) are far apart.
+  for batch in (2, 3):
+    for i in range(3):
+      assert distance(members[batch][i], members[1][i]) < 1e-4
+  assert distance(members[1][0], members[1][1]) > 0.1
+
+
+def test_population_batch_defaults_to_the_platform():
+  assert experiment.population_batch(0, 8, "cpu") == 1
+  assert experiment.population_batch(0, 8, "gpu") == 8
+  assert experiment.population_batch(16, 8, "tpu") == 8
+  with pytest.raises(ValueError, match="population_batch=-1"):
+    experiment.population_batch(-1, 8, "cpu")

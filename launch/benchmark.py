@@ -70,9 +70,10 @@ class Shape:
     batch: global batch size.
     steps: default number of timed steps.
     devices: virtual CPU devices of the data-parallel mesh, the fastest
-      measured on 2 cores with the fast_conv lowering: 1 for every shape
-      (2 was level at 28x28; 4-16 were 10-60% slower). With plain nn.Conv,
-      8 devices did help 28x28, but fast_conv helps more.
+      measured on an idle 2-core machine with the fast_conv lowering: 2 for
+      every shape (img/s over 1 device: +11% at 28x28, +3% at 64x64, +8% at
+      224x224; 4 devices: 2-13% slower than 2). Under load from other
+      processes 1 device was level or better.
   """
   size: int
   channels: int
@@ -83,11 +84,11 @@ class Shape:
 
 
 SHAPES = {
-    "28x28x1": Shape(28, 1, "small", 128, 3, 1),
-    "64x64x3": Shape(64, 3, "imagenet", 64, 5, 1),
-    "224x224x3": Shape(224, 3, "imagenet", 16, 3, 1),
-    "resnet18_32x32": Shape(32, 3, "small", 128, 3, 1),
-    "resnet18_224x224": Shape(224, 3, "imagenet", 16, 3, 1),
+    "28x28x1": Shape(28, 1, "small", 128, 3, 2),
+    "64x64x3": Shape(64, 3, "imagenet", 64, 5, 2),
+    "224x224x3": Shape(224, 3, "imagenet", 16, 3, 2),
+    "resnet18_32x32": Shape(32, 3, "small", 128, 3, 2),
+    "resnet18_224x224": Shape(224, 3, "imagenet", 16, 3, 2),
 }
 
 

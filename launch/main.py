@@ -20,6 +20,12 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/mnist.py", "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (created).", required=True)
+_COMPILATION_CACHE = flags.DEFINE_string(
+    "compilation_cache", None,
+    "Folder of JAX's persistent compilation cache: a rerun (another workdir, one "
+    "operator's hyper-parameter changed, a preempted run) loads the programs it "
+    "compiled before instead of compiling them again. Default: `jax/` in the data "
+    "cache folder (~/.cache/hamforget or $HAMFORGET_CACHE); '' turns it off.")
 
 
 class _QuietLibraries(std_logging.Filter):
@@ -41,6 +47,12 @@ def main(argv):
       "XLA_FLAGS", ""):
     sharding.configure_cpu_devices(config.mesh.cpu_devices)
   sharding.maybe_initialize_distributed()
+  cache = _COMPILATION_CACHE.value
+  if cache is None:
+    from hamforget.data import cache as data_cache
+    cache = os.path.join(data_cache.default_cache_dir(config.data.cache_dir), "jax")
+  if cache:  # before the first compilation
+    jax.config.update("jax_compilation_cache_dir", cache)
   from hamforget import experiment, report
 
   mesh = sharding.make_mesh(config.mesh.num_devices)

@@ -26,7 +26,6 @@ Hyper-parameters (defaults):
     run (digit 0 forgotten, 12-epoch original; forget / retain accuracy):
     1 epoch 0.98 / 1.00; 1.5 epochs 0.22 / 1.00; 2 epochs 0.00 / 0.85;
     alpha 0.9: 0.18 / 0.97, with 1.25 epochs 0.00 / 0.71; lr 0.05: 0.03 / 0.95.
-    A less trained original forgets within the first epoch.
   momentum: 0.9.
   weight_decay: 5e-4 on kernels.
   num_epochs: 1.0 passes over the retain set (fractions allowed): on the

@@ -65,7 +65,9 @@ METRICS: dict[str, str] = {
     "js_to_retrain_test": "mean JS divergence to retrain's predictions on test",
     # NeurIPS 2023 unlearning challenge (populations over seeds; NaN when off).
     "challenge_forget_quality": "mean points per forget example from its epsilon bin "
-                                "(1, 1/2, 1/4, ...), unlearned vs retrained populations",
+                                "(1, 1/2, 1/4, ...), unlearned vs retrained populations; "
+                                "on retrain's row, half its seeds vs the other half (the "
+                                "value exact unlearning earns at that population size)",
     "challenge_score": "challenge_forget_quality x (retain acc / retrain's) "
                        "x (test acc / retrain's)",
     "challenge_population": "models per population used (0 = not computed)",

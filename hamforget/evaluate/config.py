@@ -40,7 +40,8 @@ def evaluate_config() -> ml_collections.ConfigDict:
   # Seeds trained at once in one `vmap`; the runner scans over groups of this
   # many (`lax.map`), still one program. 0 = auto: every seed at once on an
   # accelerator, one at a time on CPU, where XLA's vmapped training steps ran
-  # ~3x slower than the same steps one seed at a time (MNIST, 2 cores).
+  # ~3x slower than the same steps one seed at a time (MNIST, 2 cores). Lower
+  # it where that many simultaneous trainings do not fit in device memory.
   config.population_batch = 0
   config.challenge_delta = 1e-5       # the delta of (epsilon, delta)-unlearning
   return config

@@ -53,6 +53,10 @@ def main(argv):
     cache = os.path.join(data_cache.default_cache_dir(config.data.cache_dir), "jax")
   if cache:  # before the first compilation
     jax.config.update("jax_compilation_cache_dir", cache)
+    # Every program, not only those that took over a second to compile: which
+    # ones those are depends on the machine's load, and many small programs
+    # (the evaluation's) add up.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   from hamforget import experiment, report
 
   mesh = sharding.make_mesh(config.mesh.num_devices)

@@ -60,6 +60,17 @@ def shard_batch(tree):
   return jax.tree.map(constrain, tree)
 
 
+def replicated() -> NamedSharding | None:
+  """The replicated sharding on the mesh in context (None without one).
+
+  For `jax.jit(..., out_shardings=replicated())`: state (variables, optimiser
+  state, fit carries) is created and stepped fully replicated, stated rather
+  than left to propagation.
+  """
+  mesh = jax.sharding.get_mesh()
+  return None if mesh.empty else NamedSharding(mesh, P())
+
+
 def replicate(tree, mesh: jax.sharding.Mesh):
   """Places a host or device pytree on every device of `mesh` (multi-host safe)."""
   sharding = NamedSharding(mesh, P())

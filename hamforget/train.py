@@ -1,15 +1,15 @@
-"""Training over device-resident data: losses, optimisers, scanned steps, fit loops.
+"""Training: losses, optimisers, scanned steps, and one fit loop over any batch source.
 
 Everything here is a pure function of pytrees. The unit of work is `minimize`:
 `num_steps` optimiser steps inside one `lax.scan`, so a whole epoch (or a whole
 unlearning phase) is one XLA dispatch with no host round-trip per step.
-Batches are gathered by index from uint8 arrays already on the device, then
-normalised and augmented inside the same program.
+Batches come from `hamforget.data.batches`: gathered by index from uint8
+arrays already on the device, or streamed from the host by grain.
 
-`fit` (host loop over epochs, checkpoints, progress) and `fit_in_graph`
-(`lax.while_loop` over epochs, jittable and vmappable whole, used by the
-`retrain` and `finetune` operators) share one epoch body and one stopping rule,
-so both give the same parameters for the same inputs.
+`fit` (host loop over epochs: checkpoints, progress, either batch source) and
+`fit_in_graph` (`lax.while_loop` over epochs, jittable and vmappable whole,
+used by the `retrain` and `finetune` operators) share one epoch body and one
+stopping rule, so both give the same parameters for the same inputs.
 """
 
 from __future__ import annotations
@@ -21,37 +21,13 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 
 from hamforget import sharding
-from hamforget.data import augment as augment_lib
+from hamforget.data import batches
+from hamforget.data.batches import DeviceData, StreamedData
 
 Variables = dict[str, Any]   # {"params": ..., "batch_stats": ...}
-
-
-@flax.struct.dataclass
-class DeviceData:
-  """A labelled split resident on the device(s).
-
-  Attributes:
-    images: uint8 (N, H, W, C); normalised and augmented per batch inside jit.
-    labels: int32 (N,).
-  """
-  images: jax.Array
-  labels: jax.Array
-
-  @property
-  def size(self) -> int:
-    return self.images.shape[0]
-
-
-def to_device(images: np.ndarray, labels: np.ndarray, mesh=None) -> DeviceData:
-  """Copies a split to the device(s); replicated over `mesh` when given."""
-  data = DeviceData(np.asarray(images, np.uint8), np.asarray(labels, np.int32))
-  if mesh is not None:
-    return sharding.replicate(data, mesh)
-  return jax.device_put(data)
 
 
 # ----------------------------------------------------------------------------
@@ -78,53 +54,6 @@ def init_variables(model, image_shape: tuple[int, int, int], rng: jax.Array) -> 
   """Fresh variables for images of shape (H, W, C), as a plain dict."""
   variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
   return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
-
-
-# ----------------------------------------------------------------------------
-# Batches from device-resident data.
-
-def steps_per_epoch(num_examples: int, batch_size: int) -> int:
-  """Full batches per pass over the data (the ragged tail is dropped), at least 1."""
-  return max(1, num_examples // batch_size)
-
-
-def batch_indices(rng: jax.Array, step: jax.Array, num_examples: int, batch_size: int) -> jax.Array:
-  """Indices (batch_size,) of global step `step`: epoch-wise shuffles, without replacement.
-
-  Epoch e uses the permutation drawn from fold_in(rng, e), so any step's batch
-  is a pure function of (rng, step): resuming mid-run needs no sampler state.
-  """
-  per_epoch = steps_per_epoch(num_examples, batch_size)
-  epoch, position = jnp.divmod(step, per_epoch)
-  order = jax.random.permutation(jax.random.fold_in(rng, epoch), num_examples)
-  if num_examples < batch_size:  # a tiny split: cycle through it
-    order = jnp.tile(order, -(-batch_size // num_examples))
-  return jax.lax.dynamic_slice(order, (position * batch_size,), (batch_size,))
-
-
-def prepare_batch(images: jax.Array, labels: jax.Array, rng: jax.Array, step: jax.Array,
-                  augment_config=None) -> tuple[jax.Array, jax.Array]:
-  """uint8 images (B, H, W, C) -> normalised, optionally augmented float32, sharded.
-
-  The augmentation key is fold_in(fold_in(rng, 1), step): a pure function of
-  the step, like the batch indices.
-  """
-  images = augment_lib.normalize(images)
-  if augment_config is not None:
-    images = augment_lib.augment(jax.random.fold_in(jax.random.fold_in(rng, 1), step),
-                                 images, augment_config)
-  return sharding.shard_batch((images, labels))
-
-
-def sample_batch(data: DeviceData, rng: jax.Array, step: jax.Array, batch_size: int,
-                 augment_config=None) -> tuple[jax.Array, jax.Array]:
-  """The normalised (and, given a config, augmented) batch of `step`.
-
-  Returns images float32 (B, H, W, C) in [-1, 1] and labels int32 (B,), both
-  sharded over the `data` mesh axis when a mesh is in context.
-  """
-  index = batch_indices(jax.random.fold_in(rng, 0), step, data.size, batch_size)
-  return prepare_batch(data.images[index], data.labels[index], rng, step, augment_config)
 
 
 # ----------------------------------------------------------------------------
@@ -203,7 +132,7 @@ def classification_loss(model, batch_size: int, data: DeviceData, augment_config
   """A `minimize` loss: cross-entropy on the sampled batch of each step."""
 
   def loss_fn(params, batch_stats, rng, step):
-    images, labels = sample_batch(data, rng, step, batch_size, augment_config)
+    images, labels = batches.sample_batch(data, rng, step, batch_size, augment_config)
     return supervised_loss(model, params, batch_stats, images, labels)
 
   return loss_fn
@@ -219,16 +148,12 @@ def predict(model, variables: Variables, images: jax.Array, batch_size: int) -> 
   the same batch size; `lax.map` keeps it one dispatch.
   """
   n = images.shape[0]
-  num_batches = -(-n // batch_size)
-  padded = jnp.pad(images, [(0, num_batches * batch_size - n)] + [(0, 0)] * 3)
-  batches = padded.reshape(num_batches, batch_size, *images.shape[1:])
-
-  def logits_of(batch):
-    batch = sharding.shard_batch(augment_lib.normalize(batch))
-    return apply_model(model, variables, batch, train=False)[0]
-
-  logits = jax.lax.map(logits_of, batches)
-  return logits.reshape(num_batches * batch_size, -1)[:n]
+  padded, _, _ = batches.fixed_size_batches(DeviceData(images, jnp.zeros(n, jnp.int32)),
+                                            batch_size)
+  logits_of = lambda batch: apply_model(model, variables, batches.model_input(batch),
+                                        train=False)[0]
+  logits = jax.lax.map(logits_of, padded)
+  return logits.reshape(-1, logits.shape[-1])[:n]
 
 
 def mean_loss_and_accuracy(model, variables, data: DeviceData, batch_size: int):
@@ -278,7 +203,7 @@ class FitSpec:
 
 def make_fit_spec(model, train_config, augment_config, num_train: int) -> FitSpec:
   """A FitSpec from the `train` and `augment` config sections."""
-  per_epoch = steps_per_epoch(num_train, train_config.batch_size)
+  per_epoch = batches.steps_per_epoch(num_train, train_config.batch_size)
   tx = make_optimizer(train_config, per_epoch * train_config.num_epochs, per_epoch)
   return FitSpec(model, tx, train_config.batch_size, train_config.eval_batch_size,
                  train_config.num_epochs, train_config.patience,
@@ -320,7 +245,7 @@ def end_epoch(spec: FitSpec, carry: FitCarry, params, batch_stats, opt_state,
 def fit_epoch(spec: FitSpec, carry: FitCarry, train: DeviceData, val: DeviceData,
               rng: jax.Array) -> FitCarry:
   """One epoch over device-resident data (one `lax.scan`), then `end_epoch`."""
-  per_epoch = steps_per_epoch(train.size, spec.batch_size)
+  per_epoch = batches.steps_per_epoch(train.size, spec.batch_size)
   loss_fn = classification_loss(spec.model, spec.batch_size, train, spec.augment_config)
   params, batch_stats, opt_state, metrics = minimize(
       loss_fn, carry.params, carry.batch_stats, spec.tx, carry.opt_state, rng,
@@ -354,54 +279,14 @@ def fit_in_graph(spec: FitSpec, variables: Variables, train: DeviceData, val: De
   return fit_result(carry)
 
 
-def fit(spec: FitSpec, variables: Variables, train: DeviceData, val: DeviceData,
-        rng: jax.Array, *, checkpoints=None, on_epoch=None,
-        stop_after_epochs: int | None = None) -> tuple[Variables, dict]:
-  """Trains with early stopping, one dispatch per epoch, checkpointing each epoch.
+def _streamed_epoch(spec: FitSpec, stream: StreamedData, rng: jax.Array):
+  """`fit_epoch` for batches streamed from the host: a jitted step per batch.
 
-  Args:
-    checkpoints: a `hamforget.checkpoint.FitCheckpoints` or None. When it holds
-      a checkpoint, training resumes from it and ends where an uninterrupted
-      run would.
-    on_epoch: called with the carry after each epoch (progress, logging).
-    stop_after_epochs: stop (as if preempted) once this many epochs are done.
+  The one Python loop over steps: each step waits on the input pipeline anyway.
   """
-  epoch_fn = jax.jit(functools.partial(fit_epoch, spec), donate_argnums=0)
-  carry = init_fit(spec, variables)
-  if checkpoints is not None:
-    carry = checkpoints.restore_latest(carry)
-  while bool(fit_should_continue(spec, carry)):
-    if stop_after_epochs is not None and int(carry.epoch) >= stop_after_epochs:
-      break
-    carry = epoch_fn(carry, train, val, rng)
-    if checkpoints is not None:
-      checkpoints.save(int(carry.epoch), carry)
-    if on_epoch is not None:
-      on_epoch(carry)
-  if checkpoints is not None:
-    checkpoints.wait()
-  return fit_result(carry)
 
-
-def fit_streaming(spec: FitSpec, variables: Variables, batches, steps_per_epoch_: int,
-                  val: DeviceData, rng: jax.Array, *, to_global=None, checkpoints=None,
-                  on_epoch=None, stop_after_epochs: int | None = None) -> tuple[Variables, dict]:
-  """`fit` for data that stays on the host: batches come from an iterator.
-
-  Args:
-    batches: an iterator of {"image": uint8 (B, H, W, C), "label": int32 (B,)},
-      e.g. `hamforget.data.pipeline.make_train_iterator` (grain). Its state is
-      checkpointed with the carry, so a resumed run sees the same batches.
-    steps_per_epoch_: batches per epoch.
-    to_global: maps a process-local batch to a global array (multi-host:
-      `partial(sharding.global_batch, mesh=mesh)`); identity when None.
-    Other arguments as in `fit`.
-
-  This is the one place with a Python loop over steps: each step waits on the
-  input pipeline anyway. The step itself is one jitted call with donated state.
-  """
   def loss_fn(params, batch_stats, images, labels, step):
-    images, labels = prepare_batch(images, labels, rng, step, spec.augment_config)
+    images, labels = batches.prepare_batch(images, labels, rng, step, spec.augment_config)
     return supervised_loss(spec.model, params, batch_stats, images, labels)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -412,26 +297,56 @@ def fit_streaming(spec: FitSpec, variables: Variables, batches, steps_per_epoch_
     updates, opt_state = spec.tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), batch_stats, opt_state, loss
 
-  finish_epoch = jax.jit(functools.partial(end_epoch, spec), donate_argnums=0)
-  to_global = to_global or (lambda batch: batch)
+  finish_epoch = jax.jit(functools.partial(end_epoch, spec), donate_argnums=0,
+                         out_shardings=sharding.replicated())
+
+  def run_epoch(carry: FitCarry, val: DeviceData) -> FitCarry:
+    # Copies: the step donates its state, and the carry must stay intact.
+    params, batch_stats, opt_state = jax.tree.map(
+        lambda x: jnp.array(x, copy=True), (carry.params, carry.batch_stats, carry.opt_state))
+    first = int(carry.epoch) * stream.steps_per_epoch
+    losses = []
+    for step in range(first, first + stream.steps_per_epoch):
+      images, labels = stream.next_batch()
+      params, batch_stats, opt_state, loss = train_step(
+          params, batch_stats, opt_state, images, labels, step)
+      losses.append(loss)
+    return finish_epoch(carry, params, batch_stats, opt_state, jnp.mean(jnp.stack(losses)), val)
+
+  return run_epoch
+
+
+def fit(spec: FitSpec, variables: Variables, train: DeviceData | StreamedData, val: DeviceData,
+        rng: jax.Array, *, checkpoints=None, on_epoch=None,
+        stop_after_epochs: int | None = None) -> tuple[Variables, dict]:
+  """Trains with early stopping, one epoch at a time, checkpointing each epoch.
+
+  Args:
+    train: device-resident data (each epoch one jitted `lax.scan`, the carry
+      donated) or a host stream (`StreamedData`: a jitted step per batch; the
+      iterator's position is checkpointed with the carry).
+    checkpoints: a `hamforget.checkpoint.FitCheckpoints` or None. When it holds
+      a checkpoint, training resumes from it and ends where an uninterrupted
+      run would.
+    on_epoch: called with the carry after each epoch (progress, logging).
+    stop_after_epochs: stop (as if preempted) once this many epochs are done.
+  """
+  iterator = train.iterator if isinstance(train, StreamedData) else None
+  if iterator is None:
+    epoch_fn = jax.jit(functools.partial(fit_epoch, spec), donate_argnums=0,
+                       out_shardings=sharding.replicated())
+    run_epoch = lambda carry, val: epoch_fn(carry, train, val, rng)
+  else:
+    run_epoch = _streamed_epoch(spec, train, rng)
   carry = init_fit(spec, variables)
   if checkpoints is not None:
-    carry = checkpoints.restore_latest(carry, iterator=batches)
+    carry = checkpoints.restore_latest(carry, iterator=iterator)
   while bool(fit_should_continue(spec, carry)):
     if stop_after_epochs is not None and int(carry.epoch) >= stop_after_epochs:
       break
-    params, batch_stats, opt_state = jax.tree.map(
-        lambda x: jnp.array(x, copy=True), (carry.params, carry.batch_stats, carry.opt_state))
-    first = int(carry.epoch) * steps_per_epoch_
-    losses = []
-    for step in range(first, first + steps_per_epoch_):
-      batch = to_global(next(batches))
-      params, batch_stats, opt_state, loss = train_step(
-          params, batch_stats, opt_state, batch["image"], batch["label"], step)
-      losses.append(loss)
-    carry = finish_epoch(carry, params, batch_stats, opt_state, jnp.mean(jnp.stack(losses)), val)
+    carry = run_epoch(carry, val)
     if checkpoints is not None:
-      checkpoints.save(int(carry.epoch), carry, iterator=batches)
+      checkpoints.save(int(carry.epoch), carry, iterator=iterator)
     if on_epoch is not None:
       on_epoch(carry)
   if checkpoints is not None:

@@ -36,7 +36,7 @@ from typing import Any, Callable
 from absl import app, flags
 
 _SHAPES = flags.DEFINE_list(
-    "shapes", ["28x28x1", "64x64x3", "224x224x3", "resnet18_32x32", "resnet18_224x224"],
+    "shapes", ["28x28x1", "32x32x3", "64x64x3", "224x224x3"],
     "Train-step shapes to measure (names from SHAPES).")
 flags.register_validator("shapes", lambda names: all(n in SHAPES for n in names),
                          message="--shapes: each must be one of SHAPES")  # checked at parse
@@ -87,8 +87,7 @@ SHAPES = {
     "28x28x1": Shape(28, 1, "small", 128, 3, 2),
     "64x64x3": Shape(64, 3, "imagenet", 64, 5, 2),
     "224x224x3": Shape(224, 3, "imagenet", 16, 3, 2),
-    "resnet18_32x32": Shape(32, 3, "small", 128, 3, 2),
-    "resnet18_224x224": Shape(224, 3, "imagenet", 16, 3, 2),
+    "32x32x3": Shape(32, 3, "small", 128, 3, 2),
 }
 
 
@@ -368,17 +367,12 @@ def cpu_sections() -> list[Callable[[dict], dict]]:
 
   def train_steps(results):
     peak = results["matmul"]["matmul_peak_gflops"]
-    out, measured = {}, {}
+    out = {}
     for name in _SHAPES.value:
       shape = SHAPES[name]
-      # Two names for one configuration (two issues ask for each): measure once.
-      if shape in measured:
-        out[name] = {**out[measured[shape]], "same_run_as": measured[shape]}
-        continue
       out[name] = measure_train_step(
           name, shape, peak, _CONV.value, _DEVICES.value or shape.devices,
           _STEPS.value or shape.steps, _WARMUP.value, _TORCH.value)
-      measured[shape] = name
       print(f"{name}: {json.dumps(out[name])}", file=sys.stderr, flush=True)
     return {"train_step": out}
 
@@ -404,6 +398,7 @@ def measure_scanned_epoch(num_devices: int, num_examples: int = 4000, epochs: in
   import numpy as np
   from configs import mnist
   from hamforget import sharding, train
+  from hamforget.data import batches
   from hamforget.models import build_model
   config = mnist.get_config()
   rng = np.random.default_rng(0)
@@ -413,8 +408,8 @@ def measure_scanned_epoch(num_devices: int, num_examples: int = 4000, epochs: in
   with jax.set_mesh(mesh):
     model = build_model(config.model, 10)
     spec = train.make_fit_spec(model, config.train, config.augment, num_examples)
-    data = train.to_device(images, labels, mesh)
-    val = train.to_device(images[:512], labels[:512], mesh)
+    data = batches.to_device(images, labels, mesh)
+    val = batches.to_device(images[:512], labels[:512], mesh)
     carry = train.init_fit(spec, train.init_variables(model, (28, 28, 1), jax.random.key(0)))
     epoch = jax.jit(lambda c, k: train.fit_epoch(spec, c, data, val, k))
     start = time.perf_counter()
@@ -425,7 +420,7 @@ def measure_scanned_epoch(num_devices: int, num_examples: int = 4000, epochs: in
       start = time.perf_counter()
       carry = jax.block_until_ready(compiled(carry, jax.random.key(2 + e)))
       times.append(time.perf_counter() - start)
-  steps = train.steps_per_epoch(num_examples, spec.batch_size)
+  steps = batches.steps_per_epoch(num_examples, spec.batch_size)
   return {"devices": num_devices, "batch": spec.batch_size, "steps_per_epoch": steps,
           "compile_s": round(compile_s, 1), "epoch_s_median": round(_median(times), 2),
           "img_per_s": round(steps * spec.batch_size / _median(times), 1)}

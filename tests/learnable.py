@@ -16,6 +16,7 @@ from sklearn.datasets import load_digits
 
 from configs import common
 from hamforget import train
+from hamforget.data import batches
 from hamforget.data.forget import ForgetRequest
 from hamforget.models import build_model
 
@@ -27,14 +28,14 @@ FORGET_CLASS = 0
 class Problem:
   model: object
   variables: dict          # the trained original
-  retain: train.DeviceData
-  forget: train.DeviceData
-  val: train.DeviceData
-  test: train.DeviceData   # test split, all classes
+  retain: batches.DeviceData
+  forget: batches.DeviceData
+  val: batches.DeviceData
+  test: batches.DeviceData   # test split, all classes
   request: ForgetRequest
   config: ml_collections.ConfigDict  # experiment config (train, augment sections)
 
-  def accuracy(self, variables, data: train.DeviceData) -> float:
+  def accuracy(self, variables, data: batches.DeviceData) -> float:
     logits = train.predict(self.model, variables, data.images, 256)
     return float(np.mean(np.argmax(np.asarray(logits), -1) == np.asarray(data.labels)))
 
@@ -68,14 +69,14 @@ def problem() -> Problem:
   model = build_model(config.model, NUM_CLASSES)
   variables = train.init_variables(model, (8, 8, 1), jax.random.key(0))
   spec = train.make_fit_spec(model, config.train, config.augment, len(tr_y))
-  train_data = train.to_device(tr_x, tr_y)
-  val = train.to_device(val_x, val_y)
+  train_data = batches.to_device(tr_x, tr_y)
+  val = batches.to_device(val_x, val_y)
   variables, _ = train.fit(spec, variables, train_data, val, jax.random.key(1))
   is_forget = tr_y == FORGET_CLASS
   return Problem(
       model=model, variables=variables,
-      retain=train.to_device(tr_x[~is_forget], tr_y[~is_forget]),
-      forget=train.to_device(tr_x[is_forget], tr_y[is_forget]),
-      val=val, test=train.to_device(test_x, test_y),
+      retain=batches.to_device(tr_x[~is_forget], tr_y[~is_forget]),
+      forget=batches.to_device(tr_x[is_forget], tr_y[is_forget]),
+      val=val, test=batches.to_device(test_x, test_y),
       request=ForgetRequest(kind="classes", classes=(FORGET_CLASS,), fraction=0.0, ids=()),
       config=config)

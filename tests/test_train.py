@@ -2,12 +2,14 @@
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from configs import common
 from hamforget import checkpoint, sharding, train
+from hamforget.data import batches
 from hamforget.models import build_model
 
 
@@ -34,18 +36,13 @@ def _model_and_variables(config, classes=3, size=8):
   return model, train.init_variables(model, (size, size, 1), jax.random.key(0))
 
 
-def _assert_trees_close(a, b, **tolerances):
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), **tolerances)
-
-
 def test_sharded_steps_match_single_device():
   assert jax.device_count() == 8, "conftest asks for 8 virtual CPU devices"
   config = _config()
   model, variables = _model_and_variables(config)
   images, labels = _tiny_problem()
   tx = train.make_optimizer(config.train, 4, 4)
-  loss_fn = train.classification_loss(model, 32, train.to_device(images, labels))
+  loss_fn = train.classification_loss(model, 32, batches.to_device(images, labels))
 
   @jax.jit
   def run(variables):
@@ -58,19 +55,19 @@ def test_sharded_steps_match_single_device():
     sharded = run(sharding.replicate(variables, mesh))
     # The step really ran data-parallel: the batch constraint is in the program.
     assert "sharding" in run.lower(variables).as_text()
-  _assert_trees_close(single, sharded, rtol=2e-4, atol=2e-5)
+  chex.assert_trees_all_close(single, sharded, rtol=2e-4, atol=2e-5)
 
 
 def test_fit_and_fit_in_graph_agree_and_learn():
   config = _config()
   model, variables = _model_and_variables(config)
   images, labels = _tiny_problem()
-  data = train.to_device(images, labels)
+  data = batches.to_device(images, labels)
   spec = train.make_fit_spec(model, config.train, config.augment, len(labels))
   host, host_info = train.fit(spec, variables, data, data, jax.random.key(2))
   graph, graph_info = jax.jit(functools.partial(train.fit_in_graph, spec))(
       variables, data, data, jax.random.key(2))
-  _assert_trees_close(host, graph, rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(host, graph, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(host_info["val_loss"], graph_info["val_loss"], rtol=1e-5)
   _, accuracy = train.mean_loss_and_accuracy(model, host, data, 64)
   assert accuracy > 0.9  # chance is 1/3
@@ -84,8 +81,8 @@ def test_early_stopping_restores_best_and_stops():
   images, labels = _tiny_problem()
   # Validation labels disagree with training labels: the better the fit, the
   # worse the validation loss, so early stopping must stop and roll back.
-  train_data = train.to_device(images, labels)
-  data = train.to_device(images, (labels + 1) % 3)
+  train_data = batches.to_device(images, labels)
+  data = batches.to_device(images, (labels + 1) % 3)
   spec = train.make_fit_spec(model, config.train, config.augment, len(labels))
   best, info = train.fit(spec, variables, train_data, data, jax.random.key(3))
   epochs = int(info["epochs"])
@@ -100,7 +97,7 @@ def test_early_stopping_restores_best_and_stops():
     np.testing.assert_allclose(best_loss, finite.min(), rtol=1e-5)
     np.testing.assert_allclose(info["best_val_loss"], finite.min(), rtol=1e-6)
   else:  # diverged at once: the starting variables are the best there are
-    _assert_trees_close(best, variables, rtol=0, atol=0)
+    chex.assert_trees_all_close(best, variables, rtol=0, atol=0)
 
 
 def test_preempted_fit_resumes_to_the_same_parameters(tmp_path):
@@ -108,7 +105,7 @@ def test_preempted_fit_resumes_to_the_same_parameters(tmp_path):
   config.train.num_epochs = 4
   model, variables = _model_and_variables(config)
   images, labels = _tiny_problem()
-  data = train.to_device(images, labels)
+  data = batches.to_device(images, labels)
   spec = train.make_fit_spec(model, config.train, config.augment, len(labels))
   uninterrupted, _ = train.fit(spec, variables, data, data, jax.random.key(4))
 
@@ -121,14 +118,14 @@ def test_preempted_fit_resumes_to_the_same_parameters(tmp_path):
   resumed, info = train.fit(spec, variables, data, data, jax.random.key(4), checkpoints=second)
   second.close()
   assert int(info["epochs"]) == 4
-  _assert_trees_close(uninterrupted, resumed, rtol=0, atol=0)
+  chex.assert_trees_all_close(uninterrupted, resumed, rtol=0, atol=0)
 
 
 def test_batches_cover_each_epoch_once():
   rng = jax.random.key(5)
-  index = jnp.stack([train.batch_indices(rng, s, 40, 8) for s in range(5)])
+  index = jnp.stack([batches.batch_indices(rng, s, 40, 8) for s in range(5)])
   assert sorted(np.asarray(index).ravel().tolist()) == list(range(40))
-  next_epoch = jnp.stack([train.batch_indices(rng, s, 40, 8) for s in range(5, 10)])
+  next_epoch = jnp.stack([batches.batch_indices(rng, s, 40, 8) for s in range(5, 10)])
   assert not np.array_equal(np.asarray(index), np.asarray(next_epoch))
 
 
@@ -142,26 +139,40 @@ def test_predict_pads_to_fixed_batches():
 
 
 def test_streaming_fit_learns_and_resumes_with_the_iterator(tmp_path):
-  from hamforget.data import pipeline
   config = _config()
   config.train.num_epochs = 3
   model, variables = _model_and_variables(config)
   images, labels = _tiny_problem()
-  val = train.to_device(images, labels)
+  val = batches.to_device(images, labels)
   spec = train.make_fit_spec(model, config.train, config.augment, len(labels))
-  per_epoch = pipeline.steps_per_epoch(len(labels), 32)
-  batches = lambda: pipeline.make_train_iterator(images, labels, 32, seed=0)
-  uninterrupted, info = train.fit_streaming(spec, variables, batches(), per_epoch, val,
-                                            jax.random.key(6))
+  stream = lambda: batches.stream(images, labels, 32, seed=0)
+  assert stream().steps_per_epoch == len(labels) // 32
+  uninterrupted, info = train.fit(spec, variables, stream(), val, jax.random.key(6))
   _, accuracy = train.mean_loss_and_accuracy(model, uninterrupted, val, 64)
   assert accuracy > 0.9
 
   first = checkpoint.FitCheckpoints(str(tmp_path / "ckpt"))
-  train.fit_streaming(spec, variables, batches(), per_epoch, val, jax.random.key(6),
-                      checkpoints=first, stop_after_epochs=1)
+  train.fit(spec, variables, stream(), val, jax.random.key(6), checkpoints=first,
+            stop_after_epochs=1)
   first.close()
   second = checkpoint.FitCheckpoints(str(tmp_path / "ckpt"))
-  resumed, _ = train.fit_streaming(spec, variables, batches(), per_epoch, val,
-                                   jax.random.key(6), checkpoints=second)
+  resumed, _ = train.fit(spec, variables, stream(), val, jax.random.key(6), checkpoints=second)
   second.close()
-  _assert_trees_close(uninterrupted, resumed, rtol=0, atol=0)
+  chex.assert_trees_all_close(uninterrupted, resumed, rtol=0, atol=0)
+
+
+def test_state_is_created_and_trained_replicated_over_the_mesh():
+  from hamforget import original
+  config = _config()
+  config.train.num_epochs = 1
+  images, labels = _tiny_problem(n=64)
+  mesh = sharding.make_mesh(2)
+  with jax.set_mesh(mesh):
+    model = build_model(config.model, 3)
+    variables = original.init_variables(model, (8, 8, 1), jax.random.key(0))
+    data = batches.to_device(images, labels, mesh)
+    spec = train.make_fit_spec(model, config.train, config.augment, len(labels))
+    fitted, _ = train.fit(spec, variables, data, data, jax.random.key(1))
+  for tree in (variables, fitted):
+    for leaf in jax.tree.leaves(tree):
+      assert leaf.sharding.mesh.shape == mesh.shape and leaf.sharding.is_fully_replicated

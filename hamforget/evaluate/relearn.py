@@ -15,7 +15,9 @@ import jax.numpy as jnp
 import optax
 
 from hamforget import sharding, train
-from hamforget.train import DeviceData, Variables
+from hamforget.data import batches
+from hamforget.data.batches import DeviceData
+from hamforget.train import Variables
 
 
 def heldout_accuracy(model, variables: Variables, data: DeviceData, batch_size: int) -> jax.Array:
@@ -64,7 +66,7 @@ def relearn_curve(model, variables: Variables, relearn: DeviceData, holdout: Dev
     # metric of step s is the accuracy after s steps; no gradient flows here.
     before = {"params": jax.lax.stop_gradient(params), "batch_stats": batch_stats}
     accuracy = heldout_accuracy(model, before, holdout, eval_batch_size)
-    images, labels = train.sample_batch(relearn, rng, step, batch_size)
+    images, labels = batches.sample_batch(relearn, rng, step, batch_size)
     logits, batch_stats = train.apply_model(
         model, {"params": params, "batch_stats": batch_stats}, images, train=True)
     loss = train.cross_entropy(logits, labels).mean()

@@ -1,6 +1,9 @@
 """Evaluation suite: metrics on cases known by hand, then the whole suite on a trained model."""
 
 import math
+import os
+import subprocess
+import sys
 import warnings
 
 import jax
@@ -9,9 +12,9 @@ import pytest
 from sklearn import linear_model, metrics as sk_metrics, model_selection
 
 from hamforget.data.forget import ForgetRequest
-from hamforget.evaluate import METRICS, challenge, metric_names, metrics, suite
+from hamforget.evaluate import CLASS, METRICS, challenge, metric, metric_names, metrics, suite
 from hamforget.evaluate import config as evaluate_config
-from hamforget.evaluate import relearn
+from hamforget.evaluate import registry, relearn
 
 LN2 = math.log(2.0)
 
@@ -209,7 +212,7 @@ def _config():
 
 @pytest.fixture(scope="module")
 def evaluated():
-  from tests import learnable
+  import learnable
   problem = learnable.problem()
   models = {"original": problem.variables,
             "retrain": _without_class_0(problem.variables, *RETRAIN_HEAD),
@@ -304,3 +307,72 @@ def test_relearn_sets_of_group_requests_relearn_and_measure_the_same_examples(ev
   relearn_set, holdout, description = suite.relearn_sets(
       {"forget": problem.forget, "test": problem.test}, request, config)
   assert relearn_set.size == 40 and holdout is relearn_set and "relearn time" in description
+
+
+# ----------------------------------------------------------------------------
+# The registry: a metric is one registered function.
+
+@pytest.fixture
+def register():
+  """`register(docs, fn)` registers a metric for one test and removes it afterwards."""
+  registered = []
+
+  def register_(docs, fn):
+    registered.append(metric(docs)(fn))
+
+  yield register_
+  for fn in registered:
+    registry.unregister(fn)
+
+
+def _evaluate_original_only():
+  """`evaluate_models` of the learnable original alone, without relearning: seconds."""
+  import learnable
+  problem = learnable.problem()
+  config = _config()
+  config.anamnesis = False
+  splits = {"retain": problem.retain, "forget": problem.forget, "test": problem.test}
+  results, _, _ = suite.evaluate_models(
+      problem.model, {"original": problem.variables}, splits, problem.request,
+      ["zero", "one", "two", "three", "four"], config, jax.random.key(0))
+  return problem, results["original"]
+
+
+def test_a_registered_metric_is_documented_and_reported(register):
+  def forget_size(c):
+    return {"forget_examples": float(len(c.outputs["forget"]["labels"])),
+            **{f"test_examples_class_{name}": float(np.sum(c.outputs["test"]["labels"] == k))
+               for k, name in enumerate(c.class_names)}}
+
+  before = list(METRICS)
+  register({"forget_examples": "examples in the forget set",
+            f"test_examples_class_{CLASS}": "test examples of one class"}, forget_size)
+  assert list(METRICS) == before + ["forget_examples", f"test_examples_class_{CLASS}"]
+  assert metric_names(["a", "b"])[-3:] == ["forget_examples", "test_examples_class_a",
+                                           "test_examples_class_b"]
+  problem, row = _evaluate_original_only()
+  assert list(row) == metric_names(["zero", "one", "two", "three", "four"])
+  assert row["forget_examples"] == problem.forget.size
+  assert row["test_examples_class_zero"] == np.sum(np.asarray(problem.test.labels) == 0)
+  assert math.isnan(row["js_to_retrain_test"]) and math.isnan(row["ain"])  # no retrain, no curves
+
+
+def test_undocumented_or_twice_documented_metrics_are_errors(register):
+  register({"documented": "a documented name"},
+           lambda c: {"documented": 1.0, "not_documented": 2.0})
+  with pytest.raises(RuntimeError, match="not_documented"):
+    _evaluate_original_only()
+  with pytest.raises(ValueError, match="already registered"):
+    register({"acc_test": "accuracy again"}, lambda c: {})
+  assert METRICS["acc_test"] == "accuracy on the test split"
+
+
+def test_registry_is_cleaned_up_after_a_test():
+  assert not {"documented", "forget_examples", f"test_examples_class_{CLASS}"} & set(METRICS)
+
+
+def test_the_package_imports_without_jax_or_sklearn():
+  # configs/ and report read METRICS; the registered metrics must stay cheap to import.
+  code = "import sys, hamforget.evaluate; assert not {'jax', 'sklearn'} & set(sys.modules)"
+  subprocess.run([sys.executable, "-c", code], check=True,
+                 cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

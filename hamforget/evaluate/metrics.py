@@ -3,14 +3,14 @@
 Everything here works on host numpy arrays (logits of shape (N, K) float,
 integer labels (N,)) in float64, so a metric can be recomputed by anyone from
 the saved per-example arrays without JAX. The model-dependent part (logits,
-relearning curves) lives in `suite` and `relearn`.
+relearning curves) lives in `suite` and `relearn`; what is reported, in
+`measures`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from scipy import special
-from sklearn import linear_model, model_selection
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -118,6 +118,8 @@ def membership_attack(member_loss: np.ndarray, nonmember_loss: np.ndarray, *,
   Returns:
     float64 (n_splits,); all NaN when a side has fewer than `min_examples`.
   """
+  from sklearn import linear_model, model_selection  # seconds to import: only when attacking
+
   member, nonmember = balanced_subsample(np.asarray(member_loss), np.asarray(nonmember_loss), seed)
   if len(member) < min_examples:
     return np.full(n_splits, np.nan)
@@ -139,6 +141,8 @@ def entropy_member_rate(retain_logits: np.ndarray, test_logits: np.ndarray,
   subsampled, seeded), then labels the forget set. A model that forgot should
   score near retrain's rate. NaN when a side has fewer than `min_examples`.
   """
+  from sklearn import linear_model  # seconds to import: only when attacking
+
   member = entropy(softmax(retain_logits))
   nonmember = entropy(softmax(test_logits))
   member, nonmember = balanced_subsample(member, nonmember, seed)

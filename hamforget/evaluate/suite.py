@@ -1,16 +1,17 @@
-"""The evaluation suite: every metric of `hamforget.evaluate.METRICS` for every model.
+"""The evaluation suite: every registered metric (`measures`) for every model.
 
 The runner hands over the original, the retrained and the unlearned models;
-`evaluate_models` computes their logits on every split once (jitted, fixed
-batch size: no recompilation between models), derives every metric from those
-arrays on the host, runs the relearning curves of the Anamnesis Index in-graph,
-and returns the table rows, the per-example arrays and the curves.
+`evaluate_models` does the model-dependent work once: their logits on every
+split (jitted, fixed batch size: no recompilation between models), a random
+model's logits for ZRF, the relearning curves of the Anamnesis Index
+(in-graph) and the challenge's populations. Every registered metric then reads
+those arrays on the host, and it returns the table rows, the per-example
+arrays and the curves.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -18,13 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from hamforget import train
-from hamforget.evaluate import challenge, metrics, metric_names
+from hamforget.data.batches import DeviceData
+from hamforget.evaluate import metrics, registry
 from hamforget.evaluate import relearn as relearn_lib
-from hamforget.train import DeviceData, Variables
+from hamforget.train import Variables
 
-NAN = float("nan")
-# The splits measured by accuracy, per-class accuracy and balanced accuracy.
-_ACCURACY_SPLITS = ("retain", "forget", "test")
 # Splits the Anamnesis Index may be given explicitly instead of derived.
 RELEARN, FORGET_HOLDOUT = "relearn", "forget_holdout"
 
@@ -92,91 +91,6 @@ def relearn_sets(splits: Mapping[str, DeviceData], request,
   return relearn, relearn, "the relearning examples themselves (relearn time)"
 
 
-def _value(costs: Mapping[str, Any], key: str) -> float:
-  value = costs.get(key)
-  return NAN if value is None else float(np.asarray(value))
-
-
-def _ratio(a: float, b: float) -> float:
-  return a / b if b and not math.isnan(b) else NAN
-
-
-def _accuracy_metrics(outputs: Mapping[str, Mapping[str, np.ndarray]], class_names: Sequence[str],
-                      forget_classes: tuple[int, ...]) -> dict[str, float]:
-  row = {}
-  num_classes = len(class_names)
-  for split in (*_ACCURACY_SPLITS, "val"):
-    if split not in outputs:
-      row[f"acc_{split}"] = NAN
-      continue
-    logits, labels = outputs[split]["logits"], outputs[split]["labels"]
-    row[f"acc_{split}"] = metrics.accuracy(logits, labels)
-    if split == "val":
-      continue
-    row[f"bal_acc_{split}"] = metrics.balanced_accuracy(logits, labels, num_classes)
-    per_class = metrics.per_class_accuracy(logits, labels, num_classes)
-    for name, value in zip(class_names, per_class):
-      row[f"acc_{split}_class_{name}"] = float(value)
-  test = outputs["test"]
-  if forget_classes:
-    is_forgotten = np.isin(test["labels"], forget_classes)
-    row["acc_test_forget_classes"] = metrics.accuracy(
-        test["logits"][is_forgotten], test["labels"][is_forgotten])
-    row["acc_test_other_classes"] = metrics.accuracy(
-        test["logits"][~is_forgotten], test["labels"][~is_forgotten])
-  else:
-    row["acc_test_forget_classes"] = row["acc_test_other_classes"] = NAN
-  return row
-
-
-def _loss_metrics(outputs, costs: Mapping[str, Any]) -> dict[str, float]:
-  row = {"loss_retain_mean": float(np.mean(outputs["retain"]["loss"]))}
-  for split in ("test", "forget"):
-    loss = outputs[split]["loss"]
-    row[f"loss_{split}_mean"] = float(np.mean(loss)) if len(loss) else NAN
-    row[f"loss_{split}_std"] = float(np.std(loss)) if len(loss) else NAN
-  row["loss_initial"] = _value(costs, "initial_loss")
-  row["loss_final"] = _value(costs, "final_loss")
-  return row
-
-
-def _attack_metrics(outputs, forget_classes: tuple[int, ...], config) -> dict[str, float]:
-  test = outputs["test"]
-  nonmember = test["loss"]
-  if forget_classes:
-    # Against test examples of the same classes: otherwise the attack learns
-    # "is this the forgotten class" (high loss after forgetting), not membership.
-    nonmember = nonmember[np.isin(test["labels"], forget_classes)]
-  member = outputs["forget"]["loss"]
-  scores = metrics.membership_attack(
-      member, nonmember, n_splits=config.mia_splits, test_size=config.mia_test_size,
-      seed=config.seed, min_examples=config.mia_min_examples)
-  return {
-      "mia_acc": float(np.mean(scores)),
-      "mia_acc_std": float(np.std(scores)),
-      "mia_examples": float(min(len(member), len(nonmember))),
-      "entropy_member_rate": metrics.entropy_member_rate(
-          outputs["retain"]["logits"], test["logits"], outputs["forget"]["logits"],
-          seed=config.seed, min_examples=config.mia_min_examples),
-  }
-
-
-def _anamnesis_metrics(curve: np.ndarray | None, target: float,
-                       retrain_steps: float) -> dict[str, float]:
-  if curve is None:
-    return {"ain": NAN, "relearn_steps": NAN, "relearn_target": NAN, "relearn_start_acc": NAN,
-            "relearn_met_at_start": NAN, "relearn_budget_ran_out": NAN}
-  steps = metrics.steps_to_target(curve, target)
-  return {
-      "ain": metrics.anamnesis_index(steps, retrain_steps),
-      "relearn_steps": steps,
-      "relearn_target": target,
-      "relearn_start_acc": float(curve[0]),
-      "relearn_met_at_start": float(steps == 0),
-      "relearn_budget_ran_out": float(math.isnan(steps) and not math.isnan(target)),
-  }
-
-
 def _population_outputs(model, stacked: Variables, splits: Mapping[str, DeviceData],
                         batch_size: int) -> dict[str, np.ndarray]:
   """Forget logits (M, N, K) and retain/test accuracies (M,) of a population of models.
@@ -194,6 +108,36 @@ def _population_outputs(model, stacked: Variables, splits: Mapping[str, DeviceDa
       accs.append(metrics.accuracy(out["logits"], out["labels"]))
   return {"forget_logits": np.stack(forget_logits), "retain_acc": np.asarray(retain_acc),
           "test_acc": np.asarray(test_acc)}
+
+
+def _relearn_curves(model, models: Mapping[str, Variables], splits: Mapping[str, DeviceData],
+                    request, config, rng: jax.Array) -> dict[str, np.ndarray]:
+  """Every model's relearning curve, on the same batches; {} when a set is empty."""
+  relearn, holdout, _ = relearn_sets(splits, request, config)
+  if not (relearn.size and holdout.size):
+    return {}
+  return {name: np.asarray(relearn_lib.relearn_curve(
+      model, variables, relearn, holdout, rng, num_steps=int(config.relearn_steps),
+      batch_size=int(config.relearn_batch_size), learning_rate=float(config.relearn_learning_rate),
+      eval_batch_size=int(config.batch_size))) for name, variables in models.items()}
+
+
+def _challenge_populations(model, populations: Mapping[str, Variables],
+                           splits: Mapping[str, DeviceData], batch_size: int,
+                           retrain_name: str) -> dict[str, tuple[dict, dict]]:
+  """name -> (its population's outputs, the retrained population's) for the challenge score."""
+  outputs = {name: _population_outputs(model, stacked, splits, batch_size)
+             for name, stacked in populations.items()}
+  reference = outputs.pop(retrain_name)
+  pairs = {name: (own, reference) for name, own in outputs.items()}
+  # Retraining scored against itself, half its seeds against the other half:
+  # what exact unlearning earns at that population size (small populations
+  # score low whatever the method: a few seeds are easily told apart).
+  half = len(reference["test_acc"]) // 2
+  if half >= 3:
+    pairs[retrain_name] = ({k: v[:half] for k, v in reference.items()},
+                           {k: v[half:2 * half] for k, v in reference.items()})
+  return pairs
 
 
 def evaluate_models(model, models: Mapping[str, Variables], splits: Mapping[str, DeviceData],
@@ -232,82 +176,28 @@ def evaluate_models(model, models: Mapping[str, Variables], splits: Mapping[str,
   """
   costs = costs or {}
   batch_size = int(config.batch_size)
-  forget_classes = tuple(int(c) for c in request.classes) if request.kind == "classes" else ()
   random_rng, relearn_rng = jax.random.split(rng)
-
   per_example = {name: {split: model_outputs(model, variables, data, batch_size)
                         for split, data in splits.items()}
                  for name, variables in models.items()}
-
   # ZRF's reference: an untrained network of the same architecture.
-  image_shape = tuple(splits["forget"].images.shape[1:])
-  random_variables = train.init_variables(model, image_shape, random_rng)
+  random_variables = train.init_variables(model, tuple(splits["forget"].images.shape[1:]),
+                                          random_rng)
   random_forget = model_outputs(model, random_variables, splits["forget"], batch_size)["logits"]
-
-  curves: dict[str, np.ndarray] = {}
-  target = retrain_steps = NAN
+  curves = {}
   if config.anamnesis and original_name in models:
-    relearn, holdout, _ = relearn_sets(splits, request, config)
-    if relearn.size and holdout.size:
-      for name, variables in models.items():
-        curves[name] = np.asarray(relearn_lib.relearn_curve(
-            model, variables, relearn, holdout, relearn_rng,
-            num_steps=int(config.relearn_steps), batch_size=int(config.relearn_batch_size),
-            learning_rate=float(config.relearn_learning_rate), eval_batch_size=batch_size))
-      target = (1.0 - config.anamnesis_alpha) * float(curves[original_name][0])
-      if retrain_name in curves:
-        retrain_steps = metrics.steps_to_target(curves[retrain_name], target)
-
-  challenge_rows: dict[str, dict[str, float]] = {}
+    curves = _relearn_curves(model, models, splits, request, config, relearn_rng)
+  pairs = {}
   if populations and retrain_name in populations:
-    labels = np.asarray(splits["forget"].labels)
+    pairs = _challenge_populations(model, populations, splits, batch_size, retrain_name)
 
-    def score(own, reference):
-      scored = challenge.challenge_score(
-          own["forget_logits"], reference["forget_logits"], labels, own["retain_acc"],
-          own["test_acc"], reference["retain_acc"], reference["test_acc"],
-          delta=config.challenge_delta)
-      return {"challenge_forget_quality": scored["forget_quality"],
-              "challenge_score": scored["score"],
-              "challenge_population": float(scored["num_models"])}
-
-    reference = _population_outputs(model, populations[retrain_name], splits, batch_size)
-    for name, stacked in populations.items():
-      if name != retrain_name:
-        challenge_rows[name] = score(_population_outputs(model, stacked, splits, batch_size),
-                                     reference)
-    # Retraining scored against itself, half its seeds against the other half:
-    # what exact unlearning earns at that population size (small populations
-    # score low whatever the method: a few seeds are easily told apart).
-    half = len(reference["test_acc"]) // 2
-    if half >= 3:
-      challenge_rows[retrain_name] = score({k: v[:half] for k, v in reference.items()},
-                                           {k: v[half:2 * half] for k, v in reference.items()})
-
-  reference_costs = costs.get(retrain_name, {})
-  retrained = per_example.get(retrain_name)
-  results = {}
-  for name in models:
-    outputs = per_example[name]
-    own_costs = costs.get(name, {})
-    row = _accuracy_metrics(outputs, class_names, forget_classes)
-    row.update(_loss_metrics(outputs, own_costs))
-    row.update(_attack_metrics(outputs, forget_classes, config))
-    row.update(_anamnesis_metrics(curves.get(name), target, retrain_steps))
-    row["zrf"] = metrics.zero_retrain_forgetting(outputs["forget"]["logits"], random_forget)
-    for split in ("forget", "test"):
-      row[f"js_to_retrain_{split}"] = NAN if retrained is None else metrics.mean_js_from_logits(
-          outputs[split]["logits"], retrained[split]["logits"])
-    row.update(challenge_rows.get(name, {"challenge_forget_quality": NAN, "challenge_score": NAN,
-                                         "challenge_population": 0.0}))
-    for key, ratio in (("wall_s", "wall_ratio_to_retrain"), ("steps", "steps_ratio_to_retrain"),
-                       ("examples_seen", "examples_ratio_to_retrain")):
-      row[key] = _value(own_costs, key)
-      row[ratio] = _ratio(row[key], _value(reference_costs, key))
-    names = metric_names(class_names)
-    undocumented = set(row) - set(names)
-    if undocumented:  # a metric must be documented in METRICS before it is reported
-      raise RuntimeError(f"metrics missing from hamforget.evaluate.METRICS: {sorted(undocumented)}")
-    # One order for every row: the documented one.
-    results[name] = {key: float(row.get(key, NAN)) for key in names}
+  forget_classes = tuple(int(c) for c in request.classes) if request.kind == "classes" else ()
+  results = {name: registry.measure(registry.Context(
+      name=name, outputs=per_example[name], original=per_example.get(original_name),
+      retrain=per_example.get(retrain_name), forget_classes=forget_classes,
+      class_names=tuple(class_names), costs=costs.get(name, {}),
+      retrain_costs=costs.get(retrain_name, {}), random_forget_logits=random_forget,
+      curve=curves.get(name), original_curve=curves.get(original_name),
+      retrain_curve=curves.get(retrain_name), populations=pairs.get(name), config=config))
+      for name in models}
   return results, per_example, curves

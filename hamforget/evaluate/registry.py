@@ -1,0 +1,142 @@
+"""The metric registry: what a metric is given, how it is registered, how a row is made.
+
+A metric is a function of one `Context` (everything measured of one model and
+its references) returning {name: float}, registered with `@metric` and the
+documentation of every name it may return:
+
+    @metric({"acc_forget_top2": "share of forget examples whose label is in the top 2"})
+    def top2_accuracy(c: Context) -> dict[str, float]:
+      forget = c.outputs["forget"]
+      top2 = np.argsort(forget["logits"], -1)[:, -2:]
+      return {"acc_forget_top2": float(np.mean(np.any(top2 == forget["labels"][:, None], -1)))}
+
+`METRICS` (name -> documentation) and the table's column order follow the
+order of registration. Names containing `CLASS` stand for one metric per class
+name. Nothing here imports JAX: `configs/` and `report` read it cheaply.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+CLASS = "<class>"
+NAN = float("nan")
+
+# split -> {"logits": float32 (N, K), "labels": int32 (N,), "loss": float64 (N,) nats}.
+Outputs = Mapping[str, Mapping[str, Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+  """What a metric is given about one model; arrays are host numpy arrays.
+
+  Attributes:
+    name: the model's name in the table.
+    outputs: the model's per-example outputs on every split evaluated:
+      "retain", "forget", "test" always, "val" when given (see `Outputs`).
+    original, retrain: the references' outputs; None when the reference is
+      not among the models evaluated.
+    forget_classes: the request's forgotten classes; () unless a class request.
+    class_names: the K class names, in label order.
+    costs, retrain_costs: the runs that made this model and the retrained one:
+      {"wall_s", "steps", "examples_seen", "initial_loss", "final_loss"}; a
+      missing key (or a missing run: {}) means unknown.
+    random_forget_logits: (N_forget, K) logits of an untrained network of the
+      same architecture on the forget set (ZRF's reference).
+    curve, original_curve, retrain_curve: held-out forget accuracy after 0, 1,
+      ..., budget relearning steps of this model and of the references
+      (`relearn.relearn_curve`); None when the Anamnesis Index is off or not
+      computable.
+    populations: for the NeurIPS 2023 challenge score, (this model's
+      population, the retrained population), each {"forget_logits" (M, N, K),
+      "retain_acc" (M,), "test_acc" (M,)}; None without populations.
+    config: the `config.evaluate` section (`evaluate.config`).
+  """
+  name: str
+  outputs: Outputs
+  original: Optional[Outputs]
+  retrain: Optional[Outputs]
+  forget_classes: tuple[int, ...]
+  class_names: tuple[str, ...]
+  costs: Mapping[str, Any]
+  retrain_costs: Mapping[str, Any]
+  random_forget_logits: Any
+  curve: Any
+  original_curve: Any
+  retrain_curve: Any
+  populations: Optional[tuple[Mapping[str, Any], Mapping[str, Any]]]
+  config: Any
+
+
+MetricFn = Callable[[Context], Mapping[str, float]]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Registered:
+  fn: MetricFn
+  docs: Mapping[str, str]
+
+
+# In registration order, which is the order of every result row.
+_REGISTERED: list[_Registered] = []
+# Every documented name -> its documentation; derived from the registrations.
+METRICS: dict[str, str] = {}
+
+
+def metric(docs: Mapping[str, str]) -> Callable[[MetricFn], MetricFn]:
+  """Registers a metric function with the documentation of every name it returns.
+
+  Raises:
+    ValueError: a name is already documented by another metric.
+  """
+  def register(fn: MetricFn) -> MetricFn:
+    taken = sorted(set(docs) & set(METRICS))
+    if taken:
+      raise ValueError(f"{fn.__qualname__}: metrics {taken} are already registered")
+    _REGISTERED.append(_Registered(fn, dict(docs)))
+    METRICS.update(docs)
+    return fn
+  return register
+
+
+def unregister(fn: MetricFn) -> None:
+  """Removes a metric registered with `metric` (tests use it to clean up)."""
+  for registered in [r for r in _REGISTERED if r.fn is fn]:
+    _REGISTERED.remove(registered)
+    for name in registered.docs:
+      del METRICS[name]
+
+
+def _expand(names, class_names: Sequence[str]) -> list[str]:
+  expanded = []
+  for name in names:
+    if CLASS in name:
+      expanded.extend(name.replace(CLASS, str(c)) for c in class_names)
+    else:
+      expanded.append(name)
+  return expanded
+
+
+def metric_names(class_names: Sequence[str]) -> list[str]:
+  """Every metric of a result row, with `<class>` expanded over `class_names`."""
+  return _expand(METRICS, class_names)
+
+
+def measure(context: Context) -> dict[str, float]:
+  """Every registered metric of one model: a row with every name of `metric_names`.
+
+  A name a metric leaves out is NaN.
+
+  Raises:
+    RuntimeError: a metric returned a name its registration does not document.
+  """
+  row = {}
+  for registered in _REGISTERED:
+    values = registered.fn(context)
+    undocumented = set(values) - set(_expand(registered.docs, context.class_names))
+    if undocumented:
+      raise RuntimeError(f"{registered.fn.__qualname__} returned metrics its @metric does not "
+                         f"document: {sorted(undocumented)}")
+    row.update(values)
+  return {name: float(row.get(name, NAN)) for name in metric_names(context.class_names)}

@@ -1,7 +1,6 @@
 """Whole runs through the launcher's code path, on small real and synthetic data."""
 
 import json
-import os
 
 import jax
 import numpy as np
@@ -11,11 +10,10 @@ import pytest
 import fixtures
 from operator_harness import assert_trees_equal
 from configs import ham10000, mnist
-from hamforget import experiment, sharding, train
+from hamforget import experiment, operators, populations, sharding, train
+from hamforget.data import prepare
 from hamforget.models import build_model
-
-REAL_METADATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared",
-                             "data", "HAM10000_metadata.csv")
+from hamforget.store import ModelStore
 
 
 def _run(config, workdir):
@@ -24,10 +22,40 @@ def _run(config, workdir):
     return experiment.run(config, str(workdir), mesh)
 
 
-def test_ham10000_run_on_the_published_layout_writes_every_output(tmp_path):
+# An operator in a file of its own, found by module name like the shipped ones.
+_PROBE_OPERATOR = '''
+"""`probe_operator`: shifts every 1-D parameter (biases, BatchNorm scales) by `shift`."""
+import jax
+import jax.numpy as jnp
+
+from hamforget.unlearn import base
+
+DEFAULTS = {"shift": 0.0}
+
+
+@base.register("probe_operator", needs=set(), defaults=DEFAULTS)
+def probe_operator(model, variables, access, request, config, rng):
+  params = jax.tree.map(lambda p: p + config.shift if p.ndim == 1 else p, variables["params"])
+  return {**variables, "params": params}, {"steps": jnp.int32(0),
+                                           "examples_seen": jnp.int32(0)}
+'''
+
+
+@pytest.fixture
+def probe_operator(tmp_path, monkeypatch):
+  """Adds `probe_operator` by writing one file into a folder of the operator package."""
+  from hamforget import unlearn
+  folder = tmp_path / "more_operators"
+  folder.mkdir()
+  (folder / "probe_operator.py").write_text(_PROBE_OPERATOR)
+  monkeypatch.setattr(unlearn, "__path__", [*unlearn.__path__, str(folder)])
+  yield "probe_operator"
+  unlearn.unregister("probe_operator")
+
+
+def test_ham10000_run_on_the_published_layout_writes_every_output(tmp_path, probe_operator):
   root = tmp_path / "HAM10000"
-  rows = (fixtures.read_ham_rows(REAL_METADATA, limit=240) if os.path.exists(REAL_METADATA)
-          else fixtures.ham_rows(n_lesions=150))
+  rows = fixtures.read_ham_rows(fixtures.real_ham_metadata(), limit=240)
   fixtures.write_ham10000(root, rows, image_hw=(30, 40))
   config = ham10000.get_config("local")
   config.data.root = str(root)
@@ -35,11 +63,14 @@ def test_ham10000_run_on_the_published_layout_writes_every_output(tmp_path):
   config.data.image_size = 16
   config.train.num_epochs = 1
   config.evaluate.relearn_steps = 5
-  config.unlearn.methods = ("finetune",)
+  config.unlearn.methods = ("finetune", probe_operator)
+  config.unlearn[probe_operator].shift = 0.25  # its defaults reached the config
   workdir = tmp_path / "run"
   results = _run(config, workdir)
 
-  assert set(results) == {"original", "retrain", "finetune"}
+  assert set(results) == {"original", "retrain", "finetune", probe_operator}
+  # The run used the new operator's output: the original, changed by it.
+  assert results[probe_operator]["loss_test_mean"] != results["original"]["loss_test_mean"]
   for name in ("config.json", "splits.csv", "metrics.jsonl", "timings.json", "results.json",
                "results.csv", "results.md", "loss_histograms.png", "per_class_accuracy.png",
                "relearning_curves.png", "attack_accuracy.png", "per_example_finetune.npz"):
@@ -76,11 +107,11 @@ def test_ham10000_run_on_the_published_layout_writes_every_output(tmp_path):
 def test_methods_from_the_command_line_or_a_config_file():
   config = mnist.get_config()
   config.unlearn.methods = ("finetune, scrub",)  # what --config.unlearn.methods=... gives
-  assert experiment.method_names(config) == ["finetune", "scrub"]
+  assert operators.method_names(config) == ["finetune", "scrub"]
   config.unlearn.methods = ("finetune", "scrub")
-  assert experiment.method_names(config) == ["finetune", "scrub"]
+  assert operators.method_names(config) == ["finetune", "scrub"]
   config.unlearn.methods = ()
-  assert experiment.method_names(config) == []
+  assert operators.method_names(config) == []
 
 
 def test_short_mnist_training_is_well_above_chance(tmp_path):
@@ -101,11 +132,11 @@ def test_population_members_are_the_seeds_runs_however_many_are_vmapped(tmp_path
   config.evaluate.challenge_population = 3
   mesh = sharding.make_mesh(2)
   with jax.set_mesh(mesh):
-    data = experiment.prepare_data(config, mesh)
+    data = prepare.prepare_data(config, mesh)
     model = build_model(config.model, data.num_classes)
     original = train.init_variables(model, data.image_shape, jax.random.key(0))
-    store = experiment.ModelStore(str(tmp_path / "run"))
-    build = lambda: experiment.build_populations(config, model, original, data, ["neggrad_plus"],
+    store = ModelStore(str(tmp_path / "run"))
+    build = lambda: populations.build_populations(config, model, original, data, ["neggrad_plus"],
                                                  jax.random.key(1), store)["neggrad_plus"]
     members = {}
     for batch in (1, 2, 3):  # a scan of 3, a vmap of 2 then 1, one vmap of 3
@@ -114,7 +145,7 @@ def test_population_members_are_the_seeds_runs_however_many_are_vmapped(tmp_path
       members[batch] = [jax.tree.map(lambda x, i=i: np.asarray(x[i]), population)
                         for i in range(3)]
       # Saved once made: a restarted run of the same config reuses it.
-      monkeypatch.setattr(experiment, "_prepare_operator", None)
+      monkeypatch.setattr(operators, "bind", None)
       assert_trees_equal(build(), population)
       monkeypatch.undo()
       (tmp_path / "run" / "models" / "population_neggrad_plus.json").unlink()
@@ -136,8 +167,8 @@ def test_population_members_are_the_seeds_runs_however_many_are_vmapped(tmp_path
 
 
 def test_population_batch_defaults_to_the_platform():
-  assert experiment.population_batch(0, 8, "cpu") == 1
-  assert experiment.population_batch(0, 8, "gpu") == 8
-  assert experiment.population_batch(16, 8, "tpu") == 8
+  assert populations.population_batch(0, 8, "cpu") == 1
+  assert populations.population_batch(0, 8, "gpu") == 8
+  assert populations.population_batch(16, 8, "tpu") == 8
   with pytest.raises(ValueError, match="population_batch=-1"):
-    experiment.population_batch(-1, 8, "cpu")
+    populations.population_batch(-1, 8, "cpu")

@@ -1,0 +1,64 @@
+"""Running registered unlearning operators on an experiment's data.
+
+The runner's side of the operator contract (`hamforget.unlearn.base`): hand an
+operator exactly the data it declared, give it a key derived from its name,
+jit it whole with replicated outputs, and time compilation and execution apart.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+
+import jax
+import ml_collections
+
+from hamforget import sharding, unlearn
+from hamforget.data.prepare import ExperimentData
+
+
+def method_names(config: ml_collections.ConfigDict) -> list[str]:
+  """`config.unlearn.methods` as a list of names. On the command line
+  `--config.unlearn.methods=finetune,scrub` arrives as ("finetune,scrub",)."""
+  methods = config.unlearn.methods
+  methods = [methods] if isinstance(methods, str) else methods
+  return [name.strip() for entry in methods for name in entry.split(",") if name.strip()]
+
+
+def operator_rng(rng: jax.Array, name: str) -> jax.Array:
+  """The operator's key: from its name, so adding or reordering methods
+  changes no other operator's result."""
+  return jax.random.fold_in(rng, zlib.crc32(name.encode()) & 0x7FFFFFFF)
+
+
+def bind(name: str, config: ml_collections.ConfigDict, model, data: ExperimentData, rng):
+  """(fn of (variables, access, rng) -> (variables, info), its Access) for operator `name`.
+
+  The data reaches the function as an argument (the Access), not closed over:
+  captured arrays would be baked into the program as constants.
+  """
+  operator = unlearn.get(name)
+  op_config = operator.make_config(config.unlearn.get(name), config.train, config.augment)
+  access = unlearn.make_access(
+      operator, retain=data.device["retain"], forget=data.device["forget"],
+      val=data.device["val"], forget_classes=list(data.request.classes),
+      num_classes=data.num_classes, image_shape=data.image_shape, rng=rng,
+      retain_subset_fraction=op_config.get("retain_subset_fraction", 0.0))
+  return lambda v, a, r: operator.fn(model, v, a, data.request, op_config, r), access
+
+
+def run_operator(name: str, config, model, variables, data: ExperimentData, rng):
+  """Runs one registered operator, jitted whole; returns (variables, info, timings).
+
+  `compile_s` and `wall_s` (execution only) are timed apart: compilation is
+  paid once per shape, not per run of a grid.
+  """
+  access_rng, op_rng = jax.random.split(rng)
+  fn, access = bind(name, config, model, data, access_rng)
+  start = time.perf_counter()
+  compiled = jax.jit(fn, out_shardings=sharding.replicated()).lower(
+      variables, access, op_rng).compile()
+  compile_s = time.perf_counter() - start
+  start = time.perf_counter()
+  new_variables, info = jax.block_until_ready(compiled(variables, access, op_rng))
+  return new_variables, info, {"wall_s": time.perf_counter() - start, "compile_s": compile_s}

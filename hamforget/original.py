@@ -1,0 +1,70 @@
+"""The original model: trained on the whole training split, forget set included.
+
+Resumes from the last epoch checkpointed by a run of the same config; the
+checkpoints of each config live apart, so a changed config starts afresh.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import jax
+
+from hamforget import checkpoint, progress, records, sharding, train
+from hamforget.data import batches
+from hamforget.data.prepare import ExperimentData
+from hamforget.store import ORIGINAL, model_fingerprint
+
+
+def init_variables(model, image_shape: tuple[int, int, int], rng: jax.Array) -> train.Variables:
+  """Fresh variables, created replicated over the mesh in context."""
+  init = jax.jit(functools.partial(train.init_variables, model, image_shape),
+                 out_shardings=sharding.replicated())
+  return init(rng)
+
+
+def train_batches(config, data: ExperimentData, mesh=None):
+  """The training split as `config.data.pipeline` asks: on the device, or streamed by grain."""
+  if config.data.pipeline == "device":
+    return data.device["train"]
+  if config.data.pipeline == "grain":
+    return batches.stream(data.host["train"].images, data.host["train"].labels,
+                          config.train.batch_size, config.seed,
+                          num_workers=config.data.num_workers, mesh=mesh)
+  raise ValueError(f"data.pipeline={config.data.pipeline!r}: expected 'device' or 'grain'")
+
+
+def train_original(config, model, data: ExperimentData, workdir: str, rng,
+                   mesh=None) -> tuple[train.Variables, dict]:
+  """Trains the original model with early stopping; returns (variables, info).
+
+  Each epoch's losses go to `workdir/metrics.jsonl` and the progress bar.
+  """
+  num_train = data.device["train"].size
+  spec = train.make_fit_spec(model, config.train, config.augment, num_train)
+  init_rng, fit_rng = jax.random.split(rng)
+  variables = init_variables(model, data.image_shape, init_rng)
+  checkpoints = checkpoint.FitCheckpoints(
+      os.path.join(workdir, "checkpoints", ORIGINAL, model_fingerprint(config, ORIGINAL)))
+  bar = progress.bar(spec.num_epochs, f"train {ORIGINAL}")
+
+  def on_epoch(carry):
+    epoch = int(carry.epoch) - 1
+    record = {"phase": ORIGINAL, "epoch": epoch + 1,
+              "train_loss": float(carry.train_loss[epoch]),
+              "val_loss": float(carry.val_loss[epoch]),
+              "val_accuracy": float(carry.val_accuracy[epoch])}
+    if jax.process_index() == 0:
+      records.append_json_line(os.path.join(workdir, "metrics.jsonl"), record)
+    bar.update(1)
+    bar.set_postfix(loss=f"{record['train_loss']:.3f}", val_acc=f"{record['val_accuracy']:.3f}")
+
+  bar.update(checkpoints.latest_step() or 0)
+  variables, info = train.fit(spec, variables, train_batches(config, data, mesh),
+                              data.device["val"], fit_rng, checkpoints=checkpoints,
+                              on_epoch=on_epoch)
+  bar.close()
+  checkpoints.close()
+  steps = info["epochs"] * batches.steps_per_epoch(num_train, spec.batch_size)
+  return variables, dict(info, steps=steps, examples_seen=steps * spec.batch_size)

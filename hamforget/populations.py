@@ -1,0 +1,62 @@
+"""Populations: a model rerun over many seeds, for the NeurIPS 2023 challenge score.
+
+One program per operator: the seeds are a batch axis (`lax.map` over groups of
+`population_batch` vmapped seeds), not a Python loop.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+
+from hamforget import operators, progress, sharding
+from hamforget.data.prepare import ExperimentData
+from hamforget.store import ModelStore, model_fingerprint
+
+
+def population_batch(batch: int, size: int, platform: str) -> int:
+  """Seeds per vmap of a population of `size`: `batch`, or 0's platform default."""
+  if batch < 0:
+    raise ValueError(f"evaluate.population_batch={batch}: expected 0 (auto) or a positive count")
+  if batch == 0:
+    batch = 1 if platform == "cpu" else size
+  return min(batch, size)
+
+
+def build_populations(config, model, original, data: ExperimentData, names, rng,
+                      store: ModelStore | None = None, remake: bool = False) -> dict:
+  """Each model of `names` rerun with `config.evaluate.challenge_population` seeds.
+
+  A finished population is saved to `store` (as `population_<name>`) and
+  reused by a restarted run of the same config, unless `remake` (a new
+  original). Returns name -> variables stacked over a leading axis of M seeds.
+  """
+  size = config.evaluate.challenge_population
+  batch = population_batch(config.evaluate.population_batch, size, jax.default_backend())
+  like = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct((size, *x.shape), x.dtype, sharding=x.sharding), original)
+  populations = {}
+  for name in names:
+    key, fingerprint = f"population_{name}", f"{model_fingerprint(config, name)}-{size}"
+    finished = None if store is None or remake else store.load(key, like, fingerprint)
+    if finished is not None:
+      populations[name] = finished[0]
+      continue
+    access_rng, op_rng = jax.random.split(operators.operator_rng(rng, name))
+    fn, access = operators.bind(name, config, model, data, access_rng)
+
+    def seeds(variables, access, keys, fn=fn):
+      return jax.lax.map(lambda key: fn(variables, access, key)[0], keys,
+                         batch_size=batch if batch > 1 else None)
+    progress.say(f"population of {size} x {name} ({batch} at a time) ...")
+    start = time.perf_counter()
+    populations[name] = jax.block_until_ready(
+        jax.jit(seeds, out_shardings=sharding.replicated())(
+            original, access, jax.random.split(op_rng, size)))
+    seconds = time.perf_counter() - start
+    progress.say(f"population of {size} x {name}: {seconds:.0f} s (compile included)")
+    if store is not None:
+      store.save(key, populations[name], {"wall_s": seconds, "size": size,
+                                          "fingerprint": fingerprint})
+  return populations

@@ -143,19 +143,3 @@ def test_worker_processes_match_in_process(tmp_path):
   resumed = pipeline.make_train_iterator(images, labels, 4, seed=5, num_workers=2, num_epochs=1)
   resumed.set_state(state)
   assert _labels(resumed) == rest
-
-
-def test_eval_batches_padded_with_mask():
-  images, labels = _data(10)
-  batches = list(pipeline.make_eval_batches(images, labels, 4))
-  assert len(batches) == pipeline.num_eval_batches(10, 4) == 3
-  for b in batches:
-    assert b["image"].shape == (4, 2, 2, 1) and b["image"].dtype == np.uint8
-    assert b["label"].shape == (4,) and b["label"].dtype == np.int32
-    assert b["mask"].dtype == bool
-  np.testing.assert_array_equal(batches[-1]["mask"], [True, True, False, False])
-  np.testing.assert_array_equal(batches[-1]["label"], [8, 9, 0, 0])
-  np.testing.assert_array_equal(batches[-1]["image"][2:], 0)
-  real = np.concatenate([b["label"][b["mask"]] for b in batches])
-  np.testing.assert_array_equal(real, labels)
-  assert all(b["mask"].all() for b in pipeline.make_eval_batches(images, labels, 5))

@@ -1,16 +1,14 @@
 """Splits: grouped, stratified, deterministic; official splits kept or carved."""
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
 
+import fixtures
 from hamforget.data.splits import assign_splits, split_table
 from hamforget.data.types import Examples
 
-HAM_METADATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "HAM10000_metadata.csv"
-HAM_CLASSES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
+HAM_CLASSES = fixtures.SKIN_CLASSES
 
 
 def _examples(labels, groups) -> Examples:
@@ -32,9 +30,7 @@ def _synthetic(seed=0, num_groups=600) -> Examples:
 
 @pytest.fixture(scope="module")
 def ham() -> Examples:
-  if not HAM_METADATA.exists():
-    pytest.skip(f"{HAM_METADATA} not present")
-  table = pd.read_csv(HAM_METADATA)
+  table = pd.read_csv(fixtures.real_ham_metadata())
   labels = table["dx"].map({c: i for i, c in enumerate(HAM_CLASSES)}).to_numpy()
   return Examples(np.zeros((len(table), 1, 1, 3), np.uint8), labels.astype(np.int32),
                   table["lesion_id"].to_numpy().astype(str),

@@ -30,7 +30,6 @@ workers reopen the file instead of receiving a copy.
 from __future__ import annotations
 
 import mmap
-from typing import Iterator
 
 import grain
 import numpy as np
@@ -154,34 +153,3 @@ def make_train_iterator(
   if num_workers > 0:
     dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
   return iter(dataset)
-
-
-def num_eval_batches(num_examples: int, batch_size: int) -> int:
-  """Batches `make_eval_batches` yields (the last one padded)."""
-  return -(-num_examples // batch_size)
-
-
-def make_eval_batches(
-    images: np.ndarray, labels: np.ndarray, batch_size: int
-) -> Iterator[dict[str, np.ndarray]]:
-  """Every example once, in order, in fixed-size batches.
-
-  The last batch is padded with zeros so the eval step sees one shape and never
-  recompiles; `mask` says which rows are real.
-
-  Yields:
-    {"image": uint8 (B, H, W, C), "label": int32 (B,), "mask": bool (B,)}.
-  """
-  if batch_size <= 0:
-    raise ValueError(f"batch_size must be positive, got {batch_size}")
-  labels = np.asarray(labels, np.int32)
-  n = len(labels)
-  for start in range(0, n, batch_size):
-    image = np.asarray(images[start:start + batch_size])
-    label = labels[start:start + batch_size]
-    real = len(label)
-    if real < batch_size:
-      pad = batch_size - real
-      image = np.concatenate([image, np.zeros((pad,) + image.shape[1:], image.dtype)])
-      label = np.concatenate([label, np.zeros(pad, np.int32)])
-    yield {"image": image, "label": label, "mask": np.arange(batch_size) < real}

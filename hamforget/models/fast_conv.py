@@ -45,7 +45,7 @@ MATMUL = "matmul"
 # patches (B_chunk * Ho * Wo * kh*kw*cin floats) stay near this many bytes:
 # the whole-batch patch matrix of a 28x28x64 layer at batch 128 is 231 MB and
 # the matmul that reduces it runs from memory at ~25 GFLOP/s; chunks that stay
-# in cache ran it at 30-120 GFLOP/s (see .perf_notes.md).
+# in cache ran it at 30-120 GFLOP/s.
 _KERNEL_GRAD_CHUNK_BYTES = 2 * 2**20
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
@@ -99,7 +99,7 @@ def cpu_lowering(input_shape: Sequence[int], kernel_shape: Sequence[int],
     padding: ((lo, hi), (lo, hi)) explicit spatial padding.
 
   Returns:
-    The Lowering to use (rules and their numbers are in .perf_notes.md).
+    The Lowering to use (the measured rules are in docs/performance.md).
   """
   _, h, w, cin = input_shape
   kh, kw, _, _ = kernel_shape
@@ -329,5 +329,3 @@ def conv_for(platform: str, lowering: Lowering | None = None):
       PatchConv, conv_general_dilated=functools.partial(patch_conv_general_dilated,
                                                         lowering=lowering))
 
-
-select_conv = conv_for

@@ -19,8 +19,8 @@ from hamforget.data.sources import dermamnist, ham10000, hmnist, mnist
 from hamforget.data.sources.common import MNIST_CLASSES, SKIN_CLASSES, limit_index
 from hamforget.data.types import Dataset
 
-__all__ = ["DataError", "SOURCES", "SKIN_CLASSES", "MNIST_CLASSES", "CLASS_NAMES",
-           "load_dataset", "register", "limit_index"]
+__all__ = ["DataError", "SOURCES", "SKIN_CLASSES", "MNIST_CLASSES", "load_dataset", "register",
+           "limit_index"]
 
 Loader = Callable[..., Dataset]
 
@@ -33,23 +33,11 @@ SOURCES: dict[str, Loader] = {
     "dermamnist": dermamnist.load,
 }
 
-# Source name -> its fixed class order (label index -> name).
-CLASS_NAMES: dict[str, tuple[str, ...]] = {
-    "mnist_embedded": MNIST_CLASSES,
-    "mnist_idx": MNIST_CLASSES,
-    "mnist_tfds": MNIST_CLASSES,
-    "ham10000": SKIN_CLASSES,
-    "hmnist": SKIN_CLASSES,
-    "dermamnist": SKIN_CLASSES,
-}
-
-
-def register(name: str, load: Loader, class_names: tuple[str, ...]) -> None:
+def register(name: str, load: Loader) -> None:
   """Adds a source (see the module docstring for the signature of `load`)."""
   if name in SOURCES:
     raise ValueError(f"data source {name!r} is already registered")
   SOURCES[name] = load
-  CLASS_NAMES[name] = tuple(class_names)
 
 
 def load_dataset(data_config, cache_dir: str = "") -> Dataset:

@@ -6,7 +6,7 @@ Every key a module reads is defined here with its default and unit, so that
 
 import ml_collections
 
-from hamforget import unlearn
+from hamforget.unlearn import catalog
 from hamforget.evaluate import config as evaluate_config
 
 
@@ -51,7 +51,6 @@ def base_config() -> ml_collections.ConfigDict:
   config.train.num_epochs = 10
   config.train.patience = 3            # early stopping on val loss, in epochs (0 = off)
   config.train.eval_batch_size = 512
-  config.train.checkpoint_every_epochs = 1
 
   config.forget = ml_collections.ConfigDict()
   config.forget.kind = "classes"       # classes | groups | examples
@@ -62,10 +61,11 @@ def base_config() -> ml_collections.ConfigDict:
   config.unlearn = ml_collections.ConfigDict()
   # Operators to run after `original` and `retrain`, in order.
   config.unlearn.methods = ("finetune",)
-  # Every registered operator's hyper-parameters, with the defaults its module
-  # documents: --config.unlearn.<name>.<key>=value overrides one.
-  for name in unlearn.names():
-    config.unlearn[name] = ml_collections.ConfigDict(unlearn.get(name).defaults)
+  # Every operator's hyper-parameters, with the defaults its module documents
+  # (read from its source by `catalog`, without importing JAX):
+  # --config.unlearn.<name>.<key>=value overrides one.
+  for name, defaults in catalog.defaults().items():
+    config.unlearn[name] = ml_collections.ConfigDict(defaults)
 
   config.evaluate = evaluate_config.evaluate_config()
 

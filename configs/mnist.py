@@ -33,9 +33,9 @@ def get_config(arg: str = ""):
   config.unlearn.methods = ("finetune", "neggrad_plus", "random_label", "salun", "l1_sparse",
                             "unsir", "emmn", "gkt", "bad_teacher", "scrub")
   # gkt at its reference size (generator width 64, batches of 256, 10 student
-  # steps per batch) costs ~9 s per iteration on 2 CPU cores: 150 iterations
-  # would take 23 minutes alone. This run's CPU budget: a 16x cheaper
-  # generator, half the batch and half the student steps (~1.5 s each).
+  # steps per batch) is an accelerator's job: this run's CPU budget is a 4x
+  # narrower generator, half the batch and half the student steps (measured
+  # costs in docs/operator-tuning.md).
   config.unlearn.gkt.generator_width = 16
   config.unlearn.gkt.batch_size = 128
   config.unlearn.gkt.student_steps = 5

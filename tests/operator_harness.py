@@ -15,6 +15,7 @@ import numpy as np
 
 import learnable
 from hamforget import train, unlearn
+from hamforget.data import batches
 
 
 def assert_trees_equal(a, b):
@@ -31,16 +32,16 @@ def _predict():
   return jax.jit(lambda variables, images: train.predict(model, variables, images, 256))
 
 
-def predict(variables, data: train.DeviceData) -> jax.Array:
+def predict(variables, data: batches.DeviceData) -> jax.Array:
   """Logits (N, num_classes) of `variables` on `data`."""
   return _predict()(variables, data.images)
 
 
-def accuracy(variables, data: train.DeviceData) -> float:
+def accuracy(variables, data: batches.DeviceData) -> float:
   return float(jnp.mean(jnp.argmax(predict(variables, data), -1) == data.labels))
 
 
-def agreement(variables_a, variables_b, data: train.DeviceData) -> float:
+def agreement(variables_a, variables_b, data: batches.DeviceData) -> float:
   """Fraction of `data` on which the two models predict the same class."""
   return float(jnp.mean(jnp.argmax(predict(variables_a, data), -1)
                         == jnp.argmax(predict(variables_b, data), -1)))
@@ -58,7 +59,7 @@ class Harness:
     return unlearn.get(name).make_config(self.overrides[name], problem.config.train,
                                          problem.config.augment)
 
-  def access(self, name: str, forget: train.DeviceData | None = None,
+  def access(self, name: str, forget: batches.DeviceData | None = None,
              rng: jax.Array = jax.random.key(100)) -> unlearn.Access:
     """What the runner would hand operator `name` (forget: the problem's by default)."""
     problem = learnable.problem()

@@ -16,6 +16,7 @@ import pytest
 import learnable
 import operator_harness
 from hamforget import sharding, train
+from hamforget.data import batches
 
 # Test-time overrides: the defaults are sized for MNIST (3,600 retain, 400
 # forget); here the splits are 6x smaller, so batches shrink and epochs grow.
@@ -95,7 +96,7 @@ def test_vmap_over_requests_matches_separate_runs(name):
   """Two forget requests of one size (class 0, and class 0 in reverse order)
   and two keys, batched with vmap, give what two separate calls give."""
   forget = learnable.problem().forget
-  reverse = train.DeviceData(forget.images[::-1], forget.labels[::-1])
+  reverse = batches.DeviceData(forget.images[::-1], forget.labels[::-1])
   short.check_vmap_matches_separate(
       name, [short.access(name), short.access(name, forget=reverse)],
       [jax.random.key(0), jax.random.key(1)])

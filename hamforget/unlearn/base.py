@@ -1,5 +1,10 @@
 """The operator contract and registry.
 
+Operators register themselves with `register` when their module is imported;
+`get` and `names` first import every operator module of the package
+(`load_operators`, over `hamforget.unlearn.operator_modules`), and an
+operator's name is its module's name.
+
 An unlearning operator is a pure function
 
     new_variables, info = operator(model, variables, access, request, config, rng)
@@ -25,6 +30,8 @@ requests or seeds of the same shapes at once.
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import sys
 from typing import Any, Callable
 
 import flax.struct
@@ -33,7 +40,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from hamforget.train import DeviceData
+from hamforget.data.batches import DeviceData
 
 # What an operator may declare it needs.
 RETAIN = "retain"                # every retained training example
@@ -106,7 +113,13 @@ _REGISTRY: dict[str, Operator] = {}
 
 
 def register(name: str, *, needs: set[str] | frozenset[str], defaults: dict[str, Any]):
-  """Decorator: registers `fn` as operator `name` with its data needs and defaults."""
+  """Decorator: registers `fn` as operator `name` with its data needs and defaults.
+
+  Used once in each operator module, as
+  `@base.register("<module name>", needs={...}, defaults=DEFAULTS)` with a
+  module-level literal `DEFAULTS = {...}` (`catalog` reads it without
+  importing the module); the name must be the module's.
+  """
   unknown = set(needs) - DATA_NEEDS
   if unknown:
     raise ValueError(f"operator {name!r} declares unknown needs {sorted(unknown)}")
@@ -122,13 +135,44 @@ def register(name: str, *, needs: set[str] | frozenset[str], defaults: dict[str,
   return wrap
 
 
+def load_operators() -> None:
+  """Imports every operator module of `hamforget.unlearn` not imported yet,
+  each of which registers itself, and checks that each registered its own name.
+
+  Cheap once everything is loaded (a listing of the package's folders); a
+  module added since the last call (a folder appended to the package's
+  `__path__`, say) is found by the next one.
+  """
+  from hamforget import unlearn  # pylint: disable=import-outside-toplevel
+  for module_name, path in unlearn.operator_modules():
+    qualified = f"{unlearn.__name__}.{module_name}"
+    if qualified in sys.modules:
+      continue
+    module = importlib.import_module(qualified)
+    registered = [op.name for op in _REGISTRY.values() if op.fn.__module__ == module.__name__]
+    if registered != [module_name]:
+      raise ImportError(
+          f"{path} must register exactly one operator named after its module, "
+          f"{module_name!r} (`@base.register({module_name!r}, ...)`); it registers {registered}")
+
+
+def unregister(name: str) -> None:
+  """Forgets operator `name` and its module (tests that add an operator clean up with it)."""
+  operator = _REGISTRY.pop(name)
+  sys.modules.pop(operator.fn.__module__, None)
+
+
 def get(name: str) -> Operator:
+  """The registered operator `name` (every operator module is loaded first)."""
+  load_operators()
   if name not in _REGISTRY:
     raise KeyError(f"unknown unlearning operator {name!r}; registered: {sorted(_REGISTRY)}")
   return _REGISTRY[name]
 
 
 def names() -> list[str]:
+  """Every operator's name, in the order of their modules' names."""
+  load_operators()
   return list(_REGISTRY)
 
 
@@ -151,17 +195,3 @@ def make_access(operator: Operator, *, retain: DeviceData, forget: DeviceData,
       forget_classes=jnp.asarray(np.asarray(forget_classes, np.int32).reshape(-1)),
       num_classes=num_classes,
       image_shape=tuple(image_shape))
-
-
-def recipe(config, *overridden: str) -> ml_collections.ConfigDict:
-  """A mutable copy of the original training recipe (`config.train`) in which
-  the operator's own values of the keys `overridden` replace the original's."""
-  result = ml_collections.ConfigDict(config.train.to_dict())
-  for key in overridden:
-    result[key] = config[key]
-  return result
-
-
-def examples_seen(num_steps: int, batch_size: int) -> jax.Array:
-  """Training examples touched (with repetition) by `num_steps` batches, for `info`."""
-  return jnp.int32(num_steps * batch_size)

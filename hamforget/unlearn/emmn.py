@@ -10,32 +10,28 @@ N ~ normal(0, 1) and by Adam,
 
 then IMPAIR (an epoch of Adam on every N_c and N_r, each sample labelled with
 its own class) and REPAIR (epochs of Adam on the error-minimising N_r alone),
-as in UNSIR (`unsir.py`, whose noise and training helpers this reuses) with
-the retain subset replaced by error-minimising noise.
+as in UNSIR (`unsir.py`; both use the noise and training helpers of
+`common`) with the retain subset replaced by error-minimising noise.
 
 Needs nothing (zero-shot): only `access.forget_classes` (K classes),
 `access.num_classes` (C) and `access.image_shape`. The retained classes are
 computed in-graph with a static size C - K, so the operator jits and vmaps over
 forget requests of the same K.
 
-What the defaults rest on (default MNIST run, class 0 forgotten; original test
-retain accuracy 0.97):
+What the defaults rest on (measurements on the default MNIST run, class 0
+forgotten, in docs/operator-tuning.md, section `emmn`):
 - The noise lives in [0, 1] pixel units (`noise_space` "pixels") and the norm
   pulls it to black, as in the reference's MNIST code (ToTensor, no
   normalisation). Pulled to mid-grey instead (0 of the normalised space),
-  error-minimising noise is so unlike a digit that three repair epochs on it
-  alone, without any impair, dropped test retain accuracy to 0.22 (0.88 in
-  pixel units).
+  error-minimising noise is so unlike a digit that repairing on it alone
+  wrecks the retained classes.
 - Ten noise steps, not UNSIR's 40: the longer the ascent, the more extreme the
-  error-maximising noise (cross-entropy ~25 after 10 steps, ~39 after 40), and
-  learning the forget label on it at lr >= 1e-3 broke every class (test retain
-  accuracy 0.1-0.3 after 40 steps, 0.84-0.94 after 10).
+  error-maximising noise, and learning the forget label on extreme noise
+  breaks every class.
 - Adam at 1e-3 in both phases (UNSIR's 0.02 / 0.01 collapsed the model to one
   class), BatchNorm frozen.
-Over 4 seeds the defaults gave test forget accuracy 0.02-0.46 (mean 0.22) and
-test retain accuracy 0.84-0.94: forgetting with no data at all is partial and
-varies with the seed; stronger impairs (higher lr, more steps) forget more and
-keep less.
+Forgetting with no data at all is partial and varies with the seed; stronger
+impairs (higher lr, more steps) forget more and keep less.
 
 Hyper-parameters (defaults):
   noise_per_class 64: noise samples per class, forget and retained alike.
@@ -55,9 +51,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from hamforget import train
-from hamforget.unlearn import base
-from hamforget.unlearn import unsir
+from hamforget.data import batches
+from hamforget.unlearn import base, common
+
+DEFAULTS = {"noise_per_class": 64, "noise_steps": 10, "noise_learning_rate": 0.1,
+            "noise_weight": 0.1, "noise_space": "pixels", "batch_size": 32,
+            "impair_learning_rate": 1e-3, "impair_epochs": 1, "repair_learning_rate": 1e-3,
+            "repair_epochs": 3, "update_batch_stats": False}
 
 
 def class_split(forget_classes: jax.Array, num_classes: int) -> jax.Array:
@@ -67,15 +67,10 @@ def class_split(forget_classes: jax.Array, num_classes: int) -> jax.Array:
   return jnp.nonzero(~is_forget, size=num_classes - num_forget)[0].astype(jnp.int32)
 
 
-@base.register("emmn", needs=set(),
-               defaults={"noise_per_class": 64, "noise_steps": 10, "noise_learning_rate": 0.1,
-                         "noise_weight": 0.1, "noise_space": "pixels", "batch_size": 32,
-                         "impair_learning_rate": 1e-3, "impair_epochs": 1,
-                         "repair_learning_rate": 1e-3, "repair_epochs": 3,
-                         "update_batch_stats": False})
+@base.register("emmn", needs=set(), defaults=DEFAULTS)
 def emmn(model, variables, access, request, config, rng):
   del request
-  num_forget = unsir.check_class_request("emmn", access)
+  num_forget = common.check_class_request("emmn", access)
   num_retained = access.num_classes - num_forget
   if num_retained <= 0:
     raise ValueError("emmn: every class is to be forgotten; nothing is retained")
@@ -87,26 +82,26 @@ def emmn(model, variables, access, request, config, rng):
                              class_split(access.forget_classes, access.num_classes)])
   labels = jnp.repeat(classes, per_class, total_repeat_length=access.num_classes * per_class)
   direction = jnp.where(jnp.arange(labels.shape[0]) < num_max, -1.0, 1.0)
-  noise, noise_metrics = unsir.learn_noise(
+  noise, noise_metrics = common.learn_noise(
       model, variables, labels, direction, access.image_shape, config.noise_steps,
       config.noise_learning_rate, config.noise_weight, noise_rng, config.noise_space)
 
-  impair_sample, impair_size = unsir.mixed_batch(noise, labels, 1, None, config.batch_size)
-  impair_steps = config.impair_epochs * train.steps_per_epoch(impair_size, config.batch_size)
-  impaired, impair_metrics = unsir.fit_classifier(
+  impair_sample, impair_size = common.mixed_batch(noise, labels, 1, None, config.batch_size)
+  impair_steps = config.impair_epochs * batches.steps_per_epoch(impair_size, config.batch_size)
+  impaired, impair_metrics = common.fit_classifier(
       model, variables, impair_sample, impair_steps, config.impair_learning_rate,
       config.update_batch_stats, impair_rng)
 
-  repair_sample, repair_size = unsir.mixed_batch(
+  repair_sample, repair_size = common.mixed_batch(
       noise[num_max:], labels[num_max:], 1, None, config.batch_size)
-  repair_steps = config.repair_epochs * train.steps_per_epoch(repair_size, config.batch_size)
-  repaired, repair_metrics = unsir.fit_classifier(
+  repair_steps = config.repair_epochs * batches.steps_per_epoch(repair_size, config.batch_size)
+  repaired, repair_metrics = common.fit_classifier(
       model, impaired, repair_sample, repair_steps, config.repair_learning_rate,
       config.update_batch_stats, repair_rng)
 
   info = {
-      **unsir.impair_repair_info(noise_metrics, impair_metrics, repair_metrics,
-                                 labels.shape[0], config.noise_steps),
+      **common.impair_repair_info(noise_metrics, impair_metrics, repair_metrics,
+                                  labels.shape[0], config.noise_steps),
       "examples_seen": jnp.int32(0),  # zero-shot: no training example exists here
       "noise_seen": jnp.int32((impair_steps + repair_steps) * config.batch_size),
       "max_noise_cross_entropy": noise_metrics["max_cross_entropy"],

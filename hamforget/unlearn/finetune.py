@@ -12,19 +12,14 @@ validation loss; 0 = off), warmup_epochs 0.
 
 from __future__ import annotations
 
-from hamforget import train
-from hamforget.unlearn import base
+from hamforget.unlearn import base, common
+
+DEFAULTS = {"learning_rate": 0.01, "num_epochs": 5, "patience": 2, "warmup_epochs": 0.0}
 
 
-@base.register("finetune", needs={base.RETAIN, base.VAL},
-               defaults={"learning_rate": 0.01, "num_epochs": 5, "patience": 2,
-                         "warmup_epochs": 0.0})
+@base.register("finetune", needs={base.RETAIN, base.VAL}, defaults=DEFAULTS)
 def finetune(model, variables, access, request, config, rng):
   del request
-  retain = access.require(base.RETAIN)
-  recipe = base.recipe(config, "learning_rate", "num_epochs", "patience", "warmup_epochs")
-  spec = train.make_fit_spec(model, recipe, config.augment, retain.size)
-  new_variables, info = train.fit_in_graph(spec, variables, retain, access.require(base.VAL), rng)
-  info["steps"] = info["epochs"] * train.steps_per_epoch(retain.size, spec.batch_size)
-  info["examples_seen"] = info["steps"] * spec.batch_size
-  return new_variables, info
+  recipe = common.recipe(config, *DEFAULTS)  # each of its hyper-parameters overrides the original's
+  return common.fit_and_report(model, recipe, config.augment, variables,
+                               access.require(base.RETAIN), access.require(base.VAL), rng)

@@ -28,8 +28,8 @@ then `student_steps` student steps on the (then fixed) G(z); gradients are
 clipped to a global norm of 5 as in the reference.
 
 Keeping the best student. The reference student relearns the forget class late
-in training (forget accuracy 0% at 750 pseudo-batches, 76% at 900) although
-the gate never lets a forget-class sample through: soft labels carry it. So
+in training (docs/operator-tuning.md, section `gkt`) although the gate never
+lets a forget-class sample through: soft labels carry it. So
 every `eval_every` iterations the student (eval mode) is scored on a held-out
 batch G(z_eval) (z_eval never trained on) by the gated KL to the teacher, and
 the student with the lowest score so far is kept in the scan carry and
@@ -45,14 +45,20 @@ kept) and the fraction of samples the student assigns to a forget class
 ("student_forget_rate"). "examples_seen" is 0; "generated_seen" counts the
 pseudo-samples used (with repetition).
 
+The code reads as the game: `make_game` fixes the teacher, the generator
+module and the optimisers; `init_players` draws G and S; each `iteration`
+takes `generator_step`s against the student, builds the `gated_batch` and
+takes `student_step`s on it; `train_and_select` runs the iterations in
+`chunk`s of `eval_every`, scores the student after each (`evaluate`) and keeps
+the best.
+
 Hyper-parameters (defaults):
   num_iterations 150: iterations of (generator steps, student steps). The
     reference runs 4,000 pseudo-batches and reports its table at 450-900.
-    At these defaults an iteration on 28x28 images (width-0.125 ResNet-18)
-    costs ~9 s on 2 CPU cores, the generator's convolutions most of it;
-    `configs/mnist.py` shrinks the generator, the batch and the student steps
-    to ~1.7 s an iteration, and a student that small a budget leaves is near
-    chance: this method wants an accelerator.
+    The generator's convolutions cost most of an iteration; on CPU
+    `configs/mnist.py` shrinks the generator, the batch and the student steps,
+    and a student that small a budget leaves is near chance: this method
+    wants an accelerator (timings: docs/operator-tuning.md, section `gkt`).
   batch_size 256, latent_dim 128, generator_width 64.
   generator_steps 1, student_steps 10 (reference).
   generator_learning_rate 1e-3, student_learning_rate 1e-3 (Adam; reference).
@@ -65,15 +71,25 @@ Hyper-parameters (defaults):
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
 from hamforget import train
 from hamforget.models import Generator
-from hamforget.unlearn import base
-from hamforget.unlearn import unsir
+from hamforget.unlearn import base, common
+
+DEFAULTS = {"num_iterations": 150, "batch_size": 256, "latent_dim": 128, "generator_width": 64,
+            "generator_steps": 1, "student_steps": 10, "generator_learning_rate": 1e-3,
+            "student_learning_rate": 1e-3, "grad_clip": 5.0, "threshold": 0.01,
+            "at_beta": 250.0, "kl_temperature": 1.0, "eval_every": 10, "eval_size": 256}
+
+# ----------------------------------------------------------------------------
+# Losses' parts.
 
 
 def attention(activations: jax.Array) -> jax.Array:
@@ -83,7 +99,7 @@ def attention(activations: jax.Array) -> jax.Array:
   return maps / jnp.maximum(jnp.linalg.norm(maps, axis=-1, keepdims=True), 1e-12)
 
 
-def _forward(model, variables, images, train_mode: bool):
+def forward(model, variables, images, train_mode: bool):
   """Logits, stage activations (list, by stage name) and the batch statistics after."""
   mutable = ["intermediates", "batch_stats"] if train_mode else ["intermediates"]
   logits, state = model.apply(variables, images, train=train_mode, mutable=mutable)
@@ -92,18 +108,18 @@ def _forward(model, variables, images, train_mode: bool):
   return logits, stages, state.get("batch_stats", variables["batch_stats"])
 
 
-def _gated_mean(values: jax.Array, gate: jax.Array) -> jax.Array:
+def gated_mean(values: jax.Array, gate: jax.Array) -> jax.Array:
+  """Mean of `values` over the samples whose gate is 1 (0 when none is)."""
   return jnp.sum(values * gate) / jnp.maximum(jnp.sum(gate), 1.0)
 
 
-def _kl(teacher_logits, student_logits, temperature: float) -> jax.Array:
-  """Per-example KL(p_T || p_S) at `temperature`, (B,)."""
-  log_t = jax.nn.log_softmax(teacher_logits / temperature)
-  log_s = jax.nn.log_softmax(student_logits / temperature)
-  return jnp.sum(jnp.exp(log_t) * (log_t - log_s), axis=-1)
+def gate_of(teacher_logits, forget_classes, threshold: float) -> jax.Array:
+  """1.0 where no forget class has teacher probability above `threshold`, (B,)."""
+  probs = jax.nn.softmax(teacher_logits)
+  return (jnp.max(probs[:, forget_classes], axis=-1) <= threshold).astype(jnp.float32)
 
 
-def _only_gated(gate: jax.Array) -> jax.Array:
+def only_gated(gate: jax.Array) -> jax.Array:
   """Indices (B,) that fill a batch with the gated samples alone, each repeated
   about equally often (all indices when nothing passes the gate)."""
   size = gate.shape[0]
@@ -112,155 +128,257 @@ def _only_gated(gate: jax.Array) -> jax.Array:
   return order[jnp.arange(size) % jnp.maximum(passed, 1)]
 
 
-def _gate(teacher_logits, forget_classes, threshold: float) -> jax.Array:
-  """1.0 where no forget class has teacher probability above `threshold`, (B,)."""
-  probs = jax.nn.softmax(teacher_logits)
-  return (jnp.max(probs[:, forget_classes], axis=-1) <= threshold).astype(jnp.float32)
+def keep_if(condition: jax.Array, new, old):
+  """`new` where `condition` holds, else `old`, leaf by leaf."""
+  return jax.tree.map(lambda n, o: jnp.where(condition, n, o), new, old)
 
 
-@base.register("gkt", needs=set(),
-               defaults={"num_iterations": 150, "batch_size": 256, "latent_dim": 128,
-                         "generator_width": 64, "generator_steps": 1, "student_steps": 10,
-                         "generator_learning_rate": 1e-3, "student_learning_rate": 1e-3,
-                         "grad_clip": 5.0, "threshold": 0.01, "at_beta": 250.0,
-                         "kl_temperature": 1.0, "eval_every": 10, "eval_size": 256})
+# ----------------------------------------------------------------------------
+# The game: what stays fixed, and the players' state.
+
+
+class Game(NamedTuple):
+  """What stays fixed while G and S learn: the teacher, the two modules, the
+  forget classes, the hyper-parameters and the two optimisers."""
+  model: nn.Module
+  generator: nn.Module
+  teacher: dict                 # the original's variables, a constant
+  forget_classes: jax.Array
+  num_classes: int
+  config: ml_collections.FrozenConfigDict
+  generator_tx: optax.GradientTransformation
+  student_tx: optax.GradientTransformation
+
+
+class Players(NamedTuple):
+  """The learned state: (params, batch_stats, optimiser state) of G and of S."""
+  generator: tuple
+  student: tuple
+
+
+class GatedBatch(NamedTuple):
+  """The student's batch of an iteration: gated pseudo-samples and the teacher's view."""
+  images: jax.Array
+  teacher_logits: jax.Array
+  teacher_stages: list
+  gate: jax.Array
+
+
+def make_game(model, variables, access: base.Access, config) -> Game:
+  """The fixed part of the game; G uses the classifier's convolution lowering
+  (the fast one on CPU)."""
+  clipped_adam = lambda learning_rate: optax.chain(
+      optax.clip_by_global_norm(config.grad_clip), optax.adam(learning_rate))
+  return Game(
+      model=model,
+      generator=Generator(access.image_shape, config.generator_width,
+                          conv=getattr(model, "conv", nn.Conv)),
+      teacher=jax.lax.stop_gradient(variables),
+      forget_classes=access.forget_classes, num_classes=access.num_classes, config=config,
+      generator_tx=clipped_adam(config.generator_learning_rate),
+      student_tx=clipped_adam(config.student_learning_rate))
+
+
+def init_players(game: Game, image_shape, generator_rng: jax.Array, student_rng: jax.Array):
+  """A fresh generator and a fresh student (the classifier's architecture), with
+  their optimiser states; returns (players, student variables)."""
+  generator_variables = game.generator.init(
+      generator_rng, jnp.zeros((2, game.config.latent_dim), jnp.float32), train=True)
+  student = train.init_variables(game.model, image_shape, student_rng)
+  players = Players(
+      (generator_variables["params"], generator_variables["batch_stats"],
+       game.generator_tx.init(generator_variables["params"])),
+      (student["params"], student["batch_stats"], game.student_tx.init(student["params"])))
+  return players, student
+
+
+def generate(game: Game, generator_params, generator_stats, z):
+  """G(z) in train mode: (images, G's batch statistics after)."""
+  images, state = game.generator.apply(
+      {"params": generator_params, "batch_stats": generator_stats}, z, train=True,
+      mutable=["batch_stats"])
+  return images, state["batch_stats"]
+
+
+def teacher_view(game: Game, images):
+  """The teacher's logits and stage activations on `images`, as constants."""
+  logits, stages, _ = forward(game.model, game.teacher, images, train_mode=False)
+  return jax.lax.stop_gradient(logits), jax.lax.stop_gradient(stages)
+
+
+# ----------------------------------------------------------------------------
+# One iteration: generator steps, the gated batch, student steps.
+
+
+def generator_loss(game: Game, generator_params, generator_stats, student_variables, z):
+  """-(gated KL(teacher || student) / C) on G(z): G seeks disagreement. The
+  gradient flows through both networks' views of G(z), not through the gate."""
+  images, generator_stats = generate(game, generator_params, generator_stats, z)
+  teacher_logits = forward(game.model, game.teacher, images, train_mode=False)[0]
+  student_logits, _, _ = forward(game.model, student_variables, images, train_mode=True)
+  gate = jax.lax.stop_gradient(
+      gate_of(teacher_logits, game.forget_classes, game.config.threshold))
+  kl = gated_mean(common.kl_divergence_of_logits(teacher_logits, student_logits,
+                                       game.config.kl_temperature), gate) / game.num_classes
+  return -kl, generator_stats
+
+
+def generator_step(game: Game, student_variables, z, generator_state, _):
+  """One clipped-Adam step of G against the current student (a `lax.scan` body)."""
+  generator_params, generator_stats, generator_opt = generator_state
+  (loss, generator_stats), grads = jax.value_and_grad(
+      lambda params, stats: generator_loss(game, params, stats, student_variables, z),
+      has_aux=True)(generator_params, generator_stats)
+  updates, generator_opt = game.generator_tx.update(grads, generator_opt, generator_params)
+  return (optax.apply_updates(generator_params, updates), generator_stats, generator_opt), loss
+
+
+def gated_batch(game: Game, generator_params, generator_stats, z):
+  """The student's fixed batch of an iteration: G(z) (G does not change during
+  the student steps) filled with the gated samples alone, repeated to the
+  static batch size, so an ungated sample reaches neither the loss nor the
+  BatchNorm statistics.
+
+  Returns:
+    (GatedBatch, G's batch statistics after, the fraction of G(z) gated in).
+  """
+  images, generator_stats = generate(game, generator_params, generator_stats, z)
+  images = jax.lax.stop_gradient(images)
+  teacher_logits, teacher_stages = teacher_view(game, images)
+  gate = gate_of(teacher_logits, game.forget_classes, game.config.threshold)
+  keep = only_gated(gate)
+  batch = GatedBatch(images[keep], teacher_logits[keep], [stage[keep] for stage in teacher_stages],
+                     gate[keep])
+  return batch, generator_stats, jnp.mean(gate)
+
+
+def student_loss(game: Game, params, batch_stats, batch: GatedBatch):
+  """Gated KL(teacher || student) / C + beta * attention transfer; the
+  student's BatchNorm statistics move only when something is gated in."""
+  logits, stages, new_stats = forward(
+      game.model, {"params": params, "batch_stats": batch_stats}, batch.images, train_mode=True)
+  kl = gated_mean(common.kl_divergence_of_logits(batch.teacher_logits, logits,
+                                       game.config.kl_temperature), batch.gate) / game.num_classes
+  transfer = sum(
+      gated_mean(jnp.mean(jnp.square(attention(s) - attention(t)), axis=-1), batch.gate)
+      for s, t in zip(stages, batch.teacher_stages))
+  new_stats = keep_if(jnp.any(batch.gate > 0), new_stats, batch_stats)
+  return kl + game.config.at_beta * transfer, new_stats
+
+
+def student_step(game: Game, batch: GatedBatch, student_state, _):
+  """One clipped-Adam step of S on the gated batch (a `lax.scan` body). With
+  nothing gated (the reference skips such a batch) nothing moves, not even
+  Adam's moments."""
+  params, batch_stats, student_opt = student_state
+  (loss, batch_stats), grads = jax.value_and_grad(
+      lambda params, stats: student_loss(game, params, stats, batch),
+      has_aux=True)(params, batch_stats)
+  updates, new_opt = game.student_tx.update(grads, student_opt, params)
+  anything_gated = jnp.any(batch.gate > 0)
+  params = keep_if(anything_gated, optax.apply_updates(params, updates), params)
+  return (params, batch_stats, keep_if(anything_gated, new_opt, student_opt)), loss
+
+
+def iteration(game: Game, z_rng: jax.Array, players: Players, index):
+  """Iteration `index` (a `lax.scan` body): z from fold_in(z_rng, index),
+  `generator_steps` G steps, then `student_steps` S steps on the gated G(z)."""
+  config = game.config
+  params, batch_stats, _ = players.student
+  z = jax.random.normal(jax.random.fold_in(z_rng, index),
+                        (config.batch_size, config.latent_dim), jnp.float32)
+  student_variables = {"params": params, "batch_stats": batch_stats}
+  generator_state, generator_losses = jax.lax.scan(
+      lambda state, x: generator_step(game, student_variables, z, state, x),
+      players.generator, None, length=config.generator_steps)
+  generator_params, generator_stats, generator_opt = generator_state
+  batch, generator_stats, gate_rate = gated_batch(game, generator_params, generator_stats, z)
+  student_state, student_losses = jax.lax.scan(
+      lambda state, x: student_step(game, batch, state, x),
+      players.student, None, length=config.student_steps)
+  players = Players((generator_params, generator_stats, generator_opt), student_state)
+  return players, {"generator_loss": jnp.mean(generator_losses),
+                   "student_loss": jnp.mean(student_losses), "gate_rate": gate_rate}
+
+
+# ----------------------------------------------------------------------------
+# Evaluation and selection of the best student.
+
+
+def evaluate(game: Game, generator_params, generator_stats, student_variables, z_eval):
+  """The student (eval mode) against the teacher on the held-out batch G(z_eval).
+
+  "criterion" (gated KL, lower is better) selects the student; the rest are
+  the retain and forget proxies `info` reports.
+  """
+  images, _ = generate(game, generator_params, generator_stats, z_eval)
+  teacher_logits, _ = teacher_view(game, images)
+  student_logits = train.apply_model(game.model, student_variables, images, train=False)[0]
+  gate = gate_of(teacher_logits, game.forget_classes, game.config.threshold)
+  student_class = jnp.argmax(student_logits, -1)
+  return {
+      "criterion": gated_mean(common.kl_divergence_of_logits(teacher_logits, student_logits,
+                                                   game.config.kl_temperature), gate),
+      "agreement": gated_mean(student_class == jnp.argmax(teacher_logits, -1), gate),
+      "gate_rate": jnp.mean(gate),
+      "teacher_forget_mass": jnp.mean(
+          jnp.sum(jax.nn.softmax(teacher_logits)[:, game.forget_classes], axis=-1)),
+      "student_forget_rate": jnp.mean(
+          jnp.any(student_class[:, None] == game.forget_classes, -1)),
+  }
+
+
+def chunk(game: Game, z_rng: jax.Array, z_eval: jax.Array, carry, chunk_index):
+  """`eval_every` iterations, then the student's score; the best student so
+  far rides in the carry (a `lax.scan` body).
+
+  carry: (players, best student variables, its criterion, its chunk index).
+  """
+  players, best, best_criterion, best_index = carry
+  indices = chunk_index * game.config.eval_every + jnp.arange(game.config.eval_every)
+  players, curves = jax.lax.scan(
+      lambda players, index: iteration(game, z_rng, players, index), players, indices)
+  generator_params, generator_stats, _ = players.generator
+  params, batch_stats, _ = players.student
+  current = {"params": params, "batch_stats": batch_stats}
+  scores = evaluate(game, generator_params, generator_stats, current, z_eval)
+  improved = scores["criterion"] < best_criterion
+  best = keep_if(improved, current, best)
+  best_criterion = jnp.where(improved, scores["criterion"], best_criterion)
+  best_index = jnp.where(improved, chunk_index, best_index)
+  return (players, best, best_criterion, best_index), (curves, scores)
+
+
+def train_and_select(game: Game, players: Players, student, z_rng: jax.Array, z_eval):
+  """`num_iterations` iterations in `chunk`s of `eval_every`, keeping the
+  student that scores best after a chunk.
+
+  Returns:
+    (best student variables, its criterion, its chunk index (-1: none better
+    than inf), curves per iteration, scores per chunk).
+  """
+  carry = (players, student, jnp.float32(jnp.inf), jnp.int32(-1))
+  (_, best, best_criterion, best_index), (curves, scores) = jax.lax.scan(
+      lambda carry, index: chunk(game, z_rng, z_eval, carry, index), carry,
+      jnp.arange(game.config.num_iterations // game.config.eval_every))
+  return best, best_criterion, best_index, curves, scores
+
+
+@base.register("gkt", needs=set(), defaults=DEFAULTS)
 def gkt(model, variables, access, request, config, rng):
   del request
-  unsir.check_class_request("gkt", access)
+  common.check_class_request("gkt", access)
   if config.num_iterations % config.eval_every:
     raise ValueError(f"gkt: eval_every={config.eval_every} must divide "
                      f"num_iterations={config.num_iterations}")
-  num_evals = config.num_iterations // config.eval_every
-  forget_classes = access.forget_classes
-  num_classes = access.num_classes
-  temperature = config.kl_temperature
-  teacher = jax.lax.stop_gradient(variables)
   student_rng, generator_rng, z_rng, eval_rng = jax.random.split(rng, 4)
-
-  # The classifier's convolution lowering (the fast one on CPU) serves G too.
-  generator = Generator(access.image_shape, config.generator_width,
-                        conv=getattr(model, "conv", nn.Conv))
-  generator_variables = generator.init(
-      generator_rng, jnp.zeros((2, config.latent_dim), jnp.float32), train=True)
-  student = train.init_variables(model, access.image_shape, student_rng)
-  generator_tx = optax.chain(optax.clip_by_global_norm(config.grad_clip),
-                             optax.adam(config.generator_learning_rate))
-  student_tx = optax.chain(optax.clip_by_global_norm(config.grad_clip),
-                           optax.adam(config.student_learning_rate))
-
-  def generate(generator_params, generator_stats, z):
-    images, state = generator.apply(
-        {"params": generator_params, "batch_stats": generator_stats}, z, train=True,
-        mutable=["batch_stats"])
-    return images, state["batch_stats"]
-
-  def teacher_forward(images):
-    logits, stages, _ = _forward(model, teacher, images, train_mode=False)
-    return jax.lax.stop_gradient(logits), jax.lax.stop_gradient(stages)
-
-  def generator_loss(generator_params, generator_stats, student_variables, z):
-    images, generator_stats = generate(generator_params, generator_stats, z)
-    teacher_logits = _forward(model, teacher, images, train_mode=False)[0]
-    student_logits, _, _ = _forward(model, student_variables, images, train_mode=True)
-    gate = jax.lax.stop_gradient(_gate(teacher_logits, forget_classes, config.threshold))
-    kl = _gated_mean(_kl(teacher_logits, student_logits, temperature), gate) / num_classes
-    return -kl, generator_stats
-
-  def student_loss(params, batch_stats, images, teacher_logits, teacher_stages, gate):
-    logits, stages, new_stats = _forward(
-        model, {"params": params, "batch_stats": batch_stats}, images, train_mode=True)
-    kl = _gated_mean(_kl(teacher_logits, logits, temperature), gate) / num_classes
-    transfer = sum(
-        _gated_mean(jnp.mean(jnp.square(attention(s) - attention(t)), axis=-1), gate)
-        for s, t in zip(stages, teacher_stages))
-    new_stats = jax.tree.map(lambda new, old: jnp.where(jnp.any(gate > 0), new, old),
-                             new_stats, batch_stats)
-    return kl + config.at_beta * transfer, new_stats
-
-  def iteration(carry, index):
-    generator_state, student_state = carry
-    generator_params, generator_stats, generator_opt = generator_state
-    params, batch_stats, student_opt = student_state
-    z = jax.random.normal(jax.random.fold_in(z_rng, index),
-                          (config.batch_size, config.latent_dim), jnp.float32)
-
-    def generator_step(state, _):
-      generator_params, generator_stats, generator_opt = state
-      (loss, generator_stats), grads = jax.value_and_grad(generator_loss, has_aux=True)(
-          generator_params, generator_stats, {"params": params, "batch_stats": batch_stats}, z)
-      updates, generator_opt = generator_tx.update(grads, generator_opt, generator_params)
-      return (optax.apply_updates(generator_params, updates), generator_stats, generator_opt), loss
-
-    generator_state, generator_losses = jax.lax.scan(
-        generator_step, (generator_params, generator_stats, generator_opt), None,
-        length=config.generator_steps)
-    generator_params, generator_stats, generator_opt = generator_state
-
-    # The student steps see one fixed batch: G and z do not change meanwhile.
-    # It holds the gated samples alone (repeated to the static batch size), so
-    # an ungated sample reaches neither the loss nor the BatchNorm statistics.
-    images, generator_stats = generate(generator_params, generator_stats, z)
-    images = jax.lax.stop_gradient(images)
-    teacher_logits, teacher_stages = teacher_forward(images)
-    gate = _gate(teacher_logits, forget_classes, config.threshold)
-    keep = _only_gated(gate)
-    images, teacher_logits, gate_rate = images[keep], teacher_logits[keep], jnp.mean(gate)
-    teacher_stages = [stage[keep] for stage in teacher_stages]
-    gate = gate[keep]
-
-    def student_step(state, _):
-      params, batch_stats, student_opt = state
-      (loss, batch_stats), grads = jax.value_and_grad(student_loss, has_aux=True)(
-          params, batch_stats, images, teacher_logits, teacher_stages, gate)
-      updates, new_opt = student_tx.update(grads, student_opt, params)
-      # Nothing gated (the reference skips such a batch): no step, not even Adam's momentum.
-      skip = lambda new, old: jnp.where(jnp.any(gate > 0), new, old)
-      params = jax.tree.map(skip, optax.apply_updates(params, updates), params)
-      return (params, batch_stats, jax.tree.map(skip, new_opt, student_opt)), loss
-
-    student_state, student_losses = jax.lax.scan(
-        student_step, (params, batch_stats, student_opt), None, length=config.student_steps)
-    carry = ((generator_params, generator_stats, generator_opt), student_state)
-    return carry, {"generator_loss": jnp.mean(generator_losses),
-                   "student_loss": jnp.mean(student_losses), "gate_rate": gate_rate}
-
+  game = make_game(model, variables, access, config)
+  players, student = init_players(game, access.image_shape, generator_rng, student_rng)
   z_eval = jax.random.normal(eval_rng, (config.eval_size, config.latent_dim), jnp.float32)
+  best, best_criterion, best_index, curves, scores = train_and_select(
+      game, players, student, z_rng, z_eval)
 
-  def evaluate(generator_params, generator_stats, student_variables):
-    images, _ = generate(generator_params, generator_stats, z_eval)
-    teacher_logits, _ = teacher_forward(images)
-    student_logits = train.apply_model(model, student_variables, images, train=False)[0]
-    gate = _gate(teacher_logits, forget_classes, config.threshold)
-    student_class = jnp.argmax(student_logits, -1)
-    return {
-        "criterion": _gated_mean(_kl(teacher_logits, student_logits, temperature), gate),
-        "agreement": _gated_mean(student_class == jnp.argmax(teacher_logits, -1), gate),
-        "gate_rate": jnp.mean(gate),
-        "teacher_forget_mass": jnp.mean(
-            jnp.sum(jax.nn.softmax(teacher_logits)[:, forget_classes], axis=-1)),
-        "student_forget_rate": jnp.mean(jnp.any(student_class[:, None] == forget_classes, -1)),
-    }
-
-  def chunk(carry, chunk_index):
-    state, best, best_criterion, best_index = carry
-    indices = chunk_index * config.eval_every + jnp.arange(config.eval_every)
-    state, curves = jax.lax.scan(iteration, state, indices)
-    (generator_params, generator_stats, _), (params, batch_stats, _) = state
-    current = {"params": params, "batch_stats": batch_stats}
-    scores = evaluate(generator_params, generator_stats, current)
-    improved = scores["criterion"] < best_criterion
-    best = jax.tree.map(lambda new, old: jnp.where(improved, new, old), current, best)
-    best_criterion = jnp.where(improved, scores["criterion"], best_criterion)
-    best_index = jnp.where(improved, chunk_index, best_index)
-    return (state, best, best_criterion, best_index), (curves, scores)
-
-  state = ((generator_variables["params"], generator_variables["batch_stats"],
-            generator_tx.init(generator_variables["params"])),
-           (student["params"], student["batch_stats"], student_tx.init(student["params"])))
-  carry = (state, student, jnp.float32(jnp.inf), jnp.int32(-1))
-  (_, best, best_criterion, best_index), (curves, scores) = jax.lax.scan(
-      chunk, carry, jnp.arange(num_evals))
-
+  num_evals = config.num_iterations // config.eval_every
   steps_per_iteration = config.generator_steps + config.student_steps
   info = {
       "steps": jnp.int32(config.num_iterations * config.student_steps),

@@ -13,18 +13,15 @@ from __future__ import annotations
 import jax
 
 from hamforget import train
-from hamforget.unlearn import base
+from hamforget.unlearn import base, common
+
+DEFAULTS = {}
 
 
-@base.register("retrain", needs={base.RETAIN, base.VAL}, defaults={})
+@base.register("retrain", needs={base.RETAIN, base.VAL}, defaults=DEFAULTS)
 def retrain(model, variables, access, request, config, rng):
   del variables, request  # starts from scratch, whatever is forgotten
   init_rng, fit_rng = jax.random.split(rng)
-  retain = access.require(base.RETAIN)
   fresh = train.init_variables(model, access.image_shape, init_rng)
-  spec = train.make_fit_spec(model, config.train, config.augment, retain.size)
-  new_variables, info = train.fit_in_graph(spec, fresh, retain, access.require(base.VAL), fit_rng)
-  per_epoch = train.steps_per_epoch(retain.size, spec.batch_size)
-  info["steps"] = info["epochs"] * per_epoch
-  info["examples_seen"] = info["steps"] * spec.batch_size
-  return new_variables, info
+  return common.fit_and_report(model, config.train, config.augment, fresh,
+                               access.require(base.RETAIN), access.require(base.VAL), fit_rng)

@@ -28,10 +28,10 @@ teacher in eval mode.
 Deviation from the reference: its min pass is a full epoch over the retain
 set, 128 examples a step, which on the default MNIST run costs about a quarter
 of retraining. Here a min pass is `min_steps` batches of 64 (0 restores the
-full epoch). Measured there (3 epochs, msteps 2, learning rate 5e-4): full
-min passes give forget accuracy 0%, retain 96.8%; 16 batches of 64, 0% and
-94%, at a third of the cost (a tenth of retraining's); 8 batches of 128, 0% and 81% (the max passes
-damage the model; the min passes repair it).
+full epoch): it forgets as fully at a third of the cost, a tenth of
+retraining's, for a little retain accuracy; fewer, larger min batches repair
+too little of what the max passes damage. Measurements:
+docs/operator-tuning.md, section `scrub`.
 
 Hyper-parameters (defaults):
   learning_rate: 5e-4, constant SGD (the reference's).
@@ -53,9 +53,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from hamforget import train
-from hamforget.unlearn import base
-from hamforget.unlearn.bad_teacher import kl_divergence
-from hamforget.unlearn.neggrad_plus import sgd
+from hamforget.data import batches
+from hamforget.unlearn import base, common
+
+DEFAULTS = {"learning_rate": 5e-4, "momentum": 0.9, "weight_decay": 5e-4, "alpha": 0.001,
+            "gamma": 0.99, "temperature": 4.0, "msteps": 2, "num_epochs": 3, "batch_size": 64,
+            "forget_batch_size": 32, "min_steps": 16}
 
 
 def schedule(num_epochs: int, msteps: int, max_steps: int, min_steps: int):
@@ -68,18 +71,14 @@ def schedule(num_epochs: int, msteps: int, max_steps: int, min_steps: int):
   return is_max, phase_step.astype(np.int32)
 
 
-@base.register("scrub", needs={base.RETAIN, base.FORGET},
-               defaults={"learning_rate": 5e-4, "momentum": 0.9, "weight_decay": 5e-4,
-                         "alpha": 0.001, "gamma": 0.99, "temperature": 4.0, "msteps": 2,
-                         "num_epochs": 3, "batch_size": 64, "forget_batch_size": 32,
-                         "min_steps": 16})
+@base.register("scrub", needs={base.RETAIN, base.FORGET}, defaults=DEFAULTS)
 def scrub(model, variables, access, request, config, rng):
   del request
   retain, forget = access.require(base.RETAIN), access.require(base.FORGET)
   batch_size, forget_batch_size = config.batch_size, config.forget_batch_size
   temperature = config.temperature
-  max_steps = train.steps_per_epoch(forget.size, forget_batch_size)
-  min_steps = config.min_steps or train.steps_per_epoch(retain.size, batch_size)
+  max_steps = batches.steps_per_epoch(forget.size, forget_batch_size)
+  min_steps = config.min_steps or batches.steps_per_epoch(retain.size, batch_size)
   is_max_np, phase_step_np = schedule(config.num_epochs, config.msteps, max_steps, min_steps)
   num_steps, num_max = len(is_max_np), int(np.sum(is_max_np))
   is_max, phase_step = jnp.asarray(is_max_np), jnp.asarray(phase_step_np)
@@ -90,18 +89,18 @@ def scrub(model, variables, access, request, config, rng):
     logits, batch_stats = train.apply_model(
         model, {"params": params, "batch_stats": batch_stats}, images, train=True)
     teacher_probs = jax.lax.stop_gradient(jax.nn.softmax(teacher_logits / temperature))
-    kl = temperature ** 2 * kl_divergence(teacher_probs, logits, temperature)
+    kl = temperature ** 2 * common.kl_divergence(teacher_probs, logits, temperature)
     return logits, batch_stats, kl.mean()
 
   def max_loss(params, batch_stats, rng, step):
-    images, _ = train.sample_batch(forget, jax.random.fold_in(rng, 1), step,
-                                   forget_batch_size, config.augment)
+    images, _ = batches.sample_batch(forget, jax.random.fold_in(rng, 1), step,
+                                     forget_batch_size, config.augment)
     _, batch_stats, kl = divergence(params, batch_stats, images)
     return -kl, (batch_stats, {"forget_kl": kl, "retain_kl": nan, "retain_ce": nan})
 
   def min_loss(params, batch_stats, rng, step):
-    images, labels = train.sample_batch(retain, jax.random.fold_in(rng, 0), step, batch_size,
-                                        config.augment)
+    images, labels = batches.sample_batch(retain, jax.random.fold_in(rng, 0), step, batch_size,
+                                          config.augment)
     logits, batch_stats, kl = divergence(params, batch_stats, images)
     ce = train.cross_entropy(logits, labels).mean()
     return config.gamma * ce + config.alpha * kl, (
@@ -111,12 +110,8 @@ def scrub(model, variables, access, request, config, rng):
     return jax.lax.cond(is_max[step], max_loss, min_loss,
                         params, batch_stats, rng, phase_step[step])
 
-  tx = sgd(config.learning_rate, config.momentum, config.weight_decay)
-  params, batch_stats, _, metrics = train.minimize(
-      loss_fn, variables["params"], variables["batch_stats"], tx,
-      tx.init(variables["params"]), rng, 0, num_steps)
-  info = {"steps": jnp.int32(num_steps),
-          "examples_seen": jnp.int32(num_max * forget_batch_size
-                                     + (num_steps - num_max) * batch_size),
-          "is_max_step": is_max, **metrics}
-  return {"params": params, "batch_stats": batch_stats}, info
+  tx = common.sgd(config.learning_rate, config.momentum, config.weight_decay)
+  new_variables, info = common.minimize_and_report(
+      loss_fn, variables, tx, rng, num_steps,
+      num_max * forget_batch_size + (num_steps - num_max) * batch_size)
+  return new_variables, {**info, "is_max_step": is_max}

@@ -38,8 +38,10 @@ def get_config(arg: str = ""):
   config.train.eval_batch_size = 256
   config.forget.kind = "groups"
   config.forget.fraction = 0.1
+  # Every operator that serves a group request (unsir, emmn and gkt forget
+  # whole classes only).
   config.unlearn.methods = ("finetune", "neggrad_plus", "random_label", "salun", "l1_sparse",
-                            "unsir", "bad_teacher", "scrub")
+                            "bad_teacher", "scrub")
   if "local" in common.parse_args(arg, {"local"}):
     common.make_local(config)
     config.data.image_size = 32

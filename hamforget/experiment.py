@@ -37,6 +37,7 @@ from hamforget.data import prepare
 from hamforget.evaluate import suite
 from hamforget.models import build_model
 from hamforget.store import ORIGINAL, ModelStore, model_fingerprint
+from hamforget.unlearn import catalog
 
 RETRAIN = "retrain"
 
@@ -57,6 +58,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> dict[str,
   operator including its compilation, populations, evaluate, report, total);
   a model restored from an earlier invocation costs ~0 s here.
   """
+  catalog.check_methods(config)  # before any work: a wrong operator fails in seconds
   phases: dict[str, float] = {}
   with _timed(phases, "total"):
     results = _run(config, workdir, mesh, phases)
@@ -99,7 +101,7 @@ def _run(config, workdir: str, mesh, phases: dict[str, float]) -> dict[str, dict
   models, costs = {ORIGINAL: finished[0]}, {ORIGINAL: finished[1]}
 
   # Retrain (the reference) and every operator, each from the original.
-  methods = [RETRAIN] + [m for m in operators.method_names(config) if m != RETRAIN]
+  methods = [RETRAIN] + [m for m in catalog.method_names(config) if m != RETRAIN]
   for name in methods:
     fingerprint = model_fingerprint(config, name)
     # A new original invalidates every model made from it.

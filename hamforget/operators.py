@@ -17,14 +17,6 @@ from hamforget import sharding, unlearn
 from hamforget.data.prepare import ExperimentData
 
 
-def method_names(config: ml_collections.ConfigDict) -> list[str]:
-  """`config.unlearn.methods` as a list of names. On the command line
-  `--config.unlearn.methods=finetune,scrub` arrives as ("finetune,scrub",)."""
-  methods = config.unlearn.methods
-  methods = [methods] if isinstance(methods, str) else methods
-  return [name.strip() for entry in methods for name in entry.split(",") if name.strip()]
-
-
 def operator_rng(rng: jax.Array, name: str) -> jax.Array:
   """The operator's key: from its name, so adding or reordering methods
   changes no other operator's result."""
@@ -38,6 +30,9 @@ def bind(name: str, config: ml_collections.ConfigDict, model, data: ExperimentDa
   captured arrays would be baked into the program as constants.
   """
   operator = unlearn.get(name)
+  if data.request.kind not in operator.request_kinds:
+    raise ValueError(f"operator {name!r} cannot serve a {data.request.kind!r} forget request: "
+                     f"it forgets {' or '.join(operator.request_kinds)} only")
   op_config = operator.make_config(config.unlearn.get(name), config.train, config.augment)
   access = unlearn.make_access(
       operator, retain=data.device["retain"], forget=data.device["forget"],

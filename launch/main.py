@@ -40,6 +40,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_QuietLibraries())
   config = _CONFIG.value
+  from hamforget.unlearn import catalog
+  catalog.check_methods(config)  # before JAX starts: a config that cannot run fails at once
   # Virtual CPU devices must be requested before JAX initialises a backend.
   import jax
   from hamforget import sharding

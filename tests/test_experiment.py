@@ -14,6 +14,7 @@ from hamforget import experiment, operators, populations, sharding, train
 from hamforget.data import prepare
 from hamforget.models import build_model
 from hamforget.store import ModelStore
+from hamforget.unlearn import catalog
 
 
 def _run(config, workdir):
@@ -107,11 +108,11 @@ def test_ham10000_run_on_the_published_layout_writes_every_output(tmp_path, prob
 def test_methods_from_the_command_line_or_a_config_file():
   config = mnist.get_config()
   config.unlearn.methods = ("finetune, scrub",)  # what --config.unlearn.methods=... gives
-  assert operators.method_names(config) == ["finetune", "scrub"]
+  assert catalog.method_names(config) == ["finetune", "scrub"]
   config.unlearn.methods = ("finetune", "scrub")
-  assert operators.method_names(config) == ["finetune", "scrub"]
+  assert catalog.method_names(config) == ["finetune", "scrub"]
   config.unlearn.methods = ()
-  assert operators.method_names(config) == []
+  assert catalog.method_names(config) == []
 
 
 def test_short_mnist_training_is_well_above_chance(tmp_path):

@@ -1,6 +1,7 @@
 """The operator registry and the catalog: operators are found by module name,
 their defaults are read from source without JAX, and both views agree."""
 
+import importlib
 import os
 import subprocess
 import sys
@@ -27,6 +28,44 @@ def test_catalog_and_registry_agree():
     module = sys.modules[op.fn.__module__]
     assert module.__name__ == f"hamforget.unlearn.{name}"
     assert module.DEFAULTS == op.defaults, name
+  assert catalog.request_kinds() == {name: unlearn.get(name).request_kinds
+                                     for name in unlearn.names()}
+
+
+# Every shipped config and variant (configs/<name>.py:<arg>).
+SHIPPED = [("mnist", ""), ("mnist", "local"), ("mnist", "challenge"), ("mnist", "challenge,local"),
+           ("ham10000", ""), ("ham10000", "local"), ("hmnist", ""), ("hmnist", "local"),
+           ("dermamnist", ""), ("dermamnist", "local")]
+
+
+@pytest.mark.parametrize("name, arg", SHIPPED)
+def test_every_shipped_config_lists_operators_that_serve_its_request(name, arg):
+  config = importlib.import_module(f"configs.{name}").get_config(arg)
+  catalog.check_methods(config)  # raises if one cannot
+  assert catalog.method_names(config), "a shipped config runs some operator"
+
+
+def test_an_operator_that_cannot_serve_the_request_is_refused_by_name():
+  from configs import ham10000  # pylint: disable=import-outside-toplevel
+  config = ham10000.get_config("local")  # forgets a random 10% of lesions
+  config.unlearn.methods = ("finetune,unsir",)
+  with pytest.raises(ValueError, match="'unsir' cannot serve forget.kind='groups'.*classes only"):
+    catalog.check_methods(config)
+  config.unlearn.methods = ("finetune", "scurb")
+  with pytest.raises(ValueError, match="'scurb'.*did you mean 'scrub'"):
+    catalog.check_methods(config)
+
+
+def test_the_launcher_refuses_such_a_config_before_any_work(tmp_path):
+  workdir = tmp_path / "run"
+  result = subprocess.run(
+      [sys.executable, "-m", "launch.main", "--config=configs/ham10000.py:local",
+       "--config.unlearn.methods=finetune,unsir", f"--workdir={workdir}",
+       f"--config.data.root={tmp_path / 'no_data_needed'}"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode != 0
+  assert "'unsir' cannot serve forget.kind='groups'" in result.stderr
+  assert not workdir.exists()  # nothing was started
 
 
 def test_every_operator_module_is_found():
@@ -82,8 +121,8 @@ def test_catalog_skips_helpers_and_reads_literals(tmp_path):
 
 @pytest.mark.parametrize("source, message", [
     ("X = {}\n", "needs a module-level literal `DEFAULTS"),
-    ("from x import OTHER\nDEFAULTS = {**OTHER, 'a': 1}\n", "must be a plain literal dict"),
-    ("DEFAULTS = dict(a=1)\n", "must be a plain literal dict"),
+    ("from x import OTHER\nDEFAULTS = {**OTHER, 'a': 1}\n", "must be a plain literal"),
+    ("DEFAULTS = dict(a=1)\n", "must be a plain literal"),
     ("DEFAULTS = [1, 2]\n", "must be a dict with string keys"),
     ("DEFAULTS = {}\nDEFAULTS = {'a': 1}\n", "assigned 2 times"),
 ])

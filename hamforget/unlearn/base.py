@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from hamforget.data import forget
 from hamforget.data.batches import DeviceData
 
 # What an operator may declare it needs.
@@ -88,6 +89,7 @@ class Operator:
   fn: OperatorFn
   needs: frozenset[str]
   defaults: dict[str, Any]
+  request_kinds: tuple[str, ...] = forget.KINDS
 
   @property
   def zero_shot(self) -> bool:
@@ -112,7 +114,8 @@ class Operator:
 _REGISTRY: dict[str, Operator] = {}
 
 
-def register(name: str, *, needs: set[str] | frozenset[str], defaults: dict[str, Any]):
+def register(name: str, *, needs: set[str] | frozenset[str], defaults: dict[str, Any],
+             request_kinds: tuple[str, ...] = forget.KINDS):
   """Decorator: registers `fn` as operator `name` with its data needs and defaults.
 
   Used once in each operator module, as
@@ -129,7 +132,7 @@ def register(name: str, *, needs: set[str] | frozenset[str], defaults: dict[str,
   def wrap(fn: OperatorFn) -> OperatorFn:
     if name in _REGISTRY:
       raise ValueError(f"operator {name!r} is registered twice")
-    _REGISTRY[name] = Operator(name, fn, frozenset(needs), dict(defaults))
+    _REGISTRY[name] = Operator(name, fn, frozenset(needs), dict(defaults), tuple(request_kinds))
     return fn
 
   return wrap
@@ -171,9 +174,9 @@ def get(name: str) -> Operator:
 
 
 def names() -> list[str]:
-  """Every operator's name, in the order of their modules' names."""
+  """Every operator's name, sorted (as their modules' names are)."""
   load_operators()
-  return list(_REGISTRY)
+  return sorted(_REGISTRY)
 
 
 def make_access(operator: Operator, *, retain: DeviceData, forget: DeviceData,

@@ -54,6 +54,9 @@ import jax.numpy as jnp
 from hamforget.data import batches
 from hamforget.unlearn import base, common
 
+# Class forgetting only, as in the paper: the noise (or the gate) is defined by
+# the forgotten classes, and a group or example request names none.
+REQUEST_KINDS = ("classes",)
 DEFAULTS = {"noise_per_class": 64, "noise_steps": 10, "noise_learning_rate": 0.1,
             "noise_weight": 0.1, "noise_space": "pixels", "batch_size": 32,
             "impair_learning_rate": 1e-3, "impair_epochs": 1, "repair_learning_rate": 1e-3,
@@ -67,7 +70,8 @@ def class_split(forget_classes: jax.Array, num_classes: int) -> jax.Array:
   return jnp.nonzero(~is_forget, size=num_classes - num_forget)[0].astype(jnp.int32)
 
 
-@base.register("emmn", needs=set(), defaults=DEFAULTS)
+@base.register("emmn", needs=set(), defaults=DEFAULTS,
+               request_kinds=REQUEST_KINDS)
 def emmn(model, variables, access, request, config, rng):
   del request
   num_forget = common.check_class_request("emmn", access)

@@ -83,6 +83,9 @@ from hamforget import train
 from hamforget.models import Generator
 from hamforget.unlearn import base, common
 
+# Class forgetting only, as in the paper: the noise (or the gate) is defined by
+# the forgotten classes, and a group or example request names none.
+REQUEST_KINDS = ("classes",)
 DEFAULTS = {"num_iterations": 150, "batch_size": 256, "latent_dim": 128, "generator_width": 64,
             "generator_steps": 1, "student_steps": 10, "generator_learning_rate": 1e-3,
             "student_learning_rate": 1e-3, "grad_clip": 5.0, "threshold": 0.01,
@@ -364,7 +367,8 @@ def train_and_select(game: Game, players: Players, student, z_rng: jax.Array, z_
   return best, best_criterion, best_index, curves, scores
 
 
-@base.register("gkt", needs=set(), defaults=DEFAULTS)
+@base.register("gkt", needs=set(), defaults=DEFAULTS,
+               request_kinds=REQUEST_KINDS)
 def gkt(model, variables, access, request, config, rng):
   del request
   common.check_class_request("gkt", access)

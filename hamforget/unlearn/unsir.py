@@ -60,6 +60,9 @@ import jax.numpy as jnp
 from hamforget.data import batches
 from hamforget.unlearn import base, common
 
+# Class forgetting only, as in the paper: the noise (or the gate) is defined by
+# the forgotten classes, and a group or example request names none.
+REQUEST_KINDS = ("classes",)
 DEFAULTS = {"retain_subset_fraction": 0.1, "noise_per_class": 256, "noise_steps": 40,
             "noise_learning_rate": 0.1, "noise_weight": 0.1, "noise_space": "normalized",
             "noise_repeats": 2, "batch_size": 16, "impair_learning_rate": 0.01,
@@ -67,7 +70,8 @@ DEFAULTS = {"retain_subset_fraction": 0.1, "noise_per_class": 256, "noise_steps"
             "update_batch_stats": True}
 
 
-@base.register("unsir", needs={base.RETAIN_SUBSET}, defaults=DEFAULTS)
+@base.register("unsir", needs={base.RETAIN_SUBSET}, defaults=DEFAULTS,
+               request_kinds=REQUEST_KINDS)
 def unsir(model, variables, access, request, config, rng):
   del request
   num_forget = common.check_class_request("unsir", access)

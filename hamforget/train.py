@@ -95,6 +95,11 @@ def minimize(loss_fn: LossFn, params, aux, tx: optax.GradientTransformation,
   return params, aux, opt_state, metrics
 
 
+def kernels_only(params):
+  """True for the leaves weight decay applies to: kernels, not BatchNorm scales or biases."""
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
 def make_optimizer(train_config, total_steps: int, steps_per_epoch_: int) -> optax.GradientTransformation:
   """SGD with momentum or AdamW, linear warmup then cosine decay to zero.
 
@@ -107,7 +112,6 @@ def make_optimizer(train_config, total_steps: int, steps_per_epoch_: int) -> opt
         0.0, train_config.learning_rate, warmup, max(total_steps, warmup + 1))
   else:  # the same curve; optax warns about a zero-length warmup
     schedule = optax.cosine_decay_schedule(train_config.learning_rate, max(total_steps, 1))
-  kernels_only = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
   if train_config.optimizer == "sgd":
     return optax.chain(
         optax.add_decayed_weights(train_config.weight_decay, mask=kernels_only),

@@ -45,11 +45,6 @@ def model_outputs(model, variables: Variables, data: DeviceData,
   return {"logits": logits, "labels": labels, "loss": metrics.per_example_loss(logits, labels)}
 
 
-def _subset(data: DeviceData, index: np.ndarray) -> DeviceData:
-  index = jnp.asarray(index, jnp.int32)
-  return DeviceData(data.images[index], data.labels[index])
-
-
 def _first(count: int, limit: int, rng: np.random.Generator) -> np.ndarray:
   """Sorted indices of `limit` of `count` items drawn at random (all when limit is 0 or more)."""
   if limit <= 0 or limit >= count:
@@ -80,14 +75,14 @@ def relearn_sets(splits: Mapping[str, DeviceData], request,
   if RELEARN in splits:
     relearn = splits[RELEARN]
   else:
-    relearn = _subset(forget, _first(forget.size, config.relearn_examples, rng))
+    relearn = forget.take(jnp.asarray(_first(forget.size, config.relearn_examples, rng)))
   if FORGET_HOLDOUT in splits:
     return relearn, splits[FORGET_HOLDOUT], "held-out forget examples given by the runner"
   if request.kind == "classes":
     test_labels = np.asarray(splits["test"].labels)
     candidates = np.flatnonzero(np.isin(test_labels, request.classes))
     chosen = candidates[_first(len(candidates), config.relearn_holdout_examples, rng)]
-    return relearn, _subset(splits["test"], chosen), "test examples of the forgotten classes"
+    return relearn, splits["test"].take(jnp.asarray(chosen)), "test examples of the forgotten classes"
   return relearn, relearn, "the relearning examples themselves (relearn time)"
 
 

@@ -15,7 +15,7 @@ import ast
 import copy
 import difflib
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 from hamforget import unlearn
 from hamforget.data import forget
@@ -26,68 +26,84 @@ REQUEST_KINDS_NAME = "REQUEST_KINDS"
 REQUEST_KINDS = forget.KINDS
 
 
-def _assignments(tree: ast.Module, name: str) -> list[ast.stmt]:
-  return [node for node in tree.body
-          if isinstance(node, (ast.Assign, ast.AnnAssign))
-          and any(isinstance(target, ast.Name) and target.id == name
-                  for target in (node.targets if isinstance(node, ast.Assign) else [node.target]))]
+class Declaration(NamedTuple):
+  """What one operator module declares: its hyper-parameters and the forget
+  request kinds it serves (every kind when it sets no REQUEST_KINDS)."""
+  defaults: dict[str, Any]
+  request_kinds: tuple[str, ...]
 
 
-def _read_literal(path: str, name: str, required: bool, default=None):
-  """The value of the module-level literal `name = ...` in the file at `path`."""
-  with open(path, encoding="utf-8") as f:
-    tree = ast.parse(f.read(), filename=path)
-  assignments = _assignments(tree, name)
-  if not assignments:
-    if required:
-      raise ValueError(f"{path}: an operator module needs a module-level literal "
-                       f"`{name} = {{...}}` (its hyper-parameters; {{}} for none)")
-    return default
-  if len(assignments) > 1:
-    raise ValueError(f"{path}: {name} is assigned {len(assignments)} times "
-                     f"(lines {[node.lineno for node in assignments]}); assign it once")
-  node = assignments[0]
+def _literal(tree: ast.Module, path: str, name: str):
+  """(line, value) of the module-level literal `name = ...`, or None if absent."""
+  nodes = [node for node in tree.body
+           if isinstance(node, (ast.Assign, ast.AnnAssign))
+           and any(isinstance(target, ast.Name) and target.id == name
+                   for target in (node.targets if isinstance(node, ast.Assign)
+                                  else [node.target]))]
+  if not nodes:
+    return None
+  if len(nodes) > 1:
+    raise ValueError(f"{path}: {name} is assigned {len(nodes)} times "
+                     f"(lines {[node.lineno for node in nodes]}); assign it once")
   try:
-    return node.lineno, ast.literal_eval(node.value)
+    return nodes[0].lineno, ast.literal_eval(nodes[0].value)
   except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as error:
     raise ValueError(
-        f"{path}:{node.lineno}: {name} must be a plain literal (numbers, strings, booleans, "
+        f"{path}:{nodes[0].lineno}: {name} must be a plain literal (numbers, strings, booleans, "
         f"tuples, dicts; no names, calls or ** unpacking), so that configs can read it "
         f"without importing the module: {error}") from None
 
 
-def read_defaults(path: str) -> dict[str, Any]:
-  """The literal `DEFAULTS = {...}` of the module at `path`; a clear error if
-  there is none, or if it is not a plain literal dict with string keys."""
-  lineno, value = _read_literal(path, DEFAULTS_NAME, required=True)
-  if not isinstance(value, dict) or not all(isinstance(key, str) for key in value):
-    raise ValueError(f"{path}:{lineno}: {DEFAULTS_NAME} must be a dict with string keys, "
-                     f"not {type(value).__name__}")
-  return value
-
-
-def read_request_kinds(path: str) -> tuple[str, ...]:
-  """The literal `REQUEST_KINDS = (...)` of the module at `path`: the forget
-  request kinds the operator serves; every kind when the module sets none."""
-  found = _read_literal(path, REQUEST_KINDS_NAME, required=False)
+def read_declaration(path: str) -> Declaration:
+  """The `DEFAULTS` and `REQUEST_KINDS` literals of the operator module at
+  `path`; a clear error naming the file (and line) when either is malformed."""
+  with open(path, encoding="utf-8") as f:
+    tree = ast.parse(f.read(), filename=path)
+  found = _literal(tree, path, DEFAULTS_NAME)
   if found is None:
-    return REQUEST_KINDS
-  lineno, value = found
-  if (not isinstance(value, (tuple, list)) or not value
-      or not set(value) <= set(REQUEST_KINDS)):
+    raise ValueError(f"{path}: an operator module needs a module-level literal "
+                     f"`{DEFAULTS_NAME} = {{...}}` (its hyper-parameters; {{}} for none)")
+  lineno, defaults_ = found
+  if not isinstance(defaults_, dict) or not all(isinstance(key, str) for key in defaults_):
+    raise ValueError(f"{path}:{lineno}: {DEFAULTS_NAME} must be a dict with string keys, "
+                     f"not {type(defaults_).__name__}")
+  found = _literal(tree, path, REQUEST_KINDS_NAME)
+  if found is None:
+    return Declaration(defaults_, REQUEST_KINDS)
+  lineno, kinds = found
+  if not isinstance(kinds, (tuple, list)) or not kinds or not set(kinds) <= set(REQUEST_KINDS):
     raise ValueError(f"{path}:{lineno}: {REQUEST_KINDS_NAME} must be a non-empty tuple of "
-                     f"{REQUEST_KINDS}, not {value!r}")
-  return tuple(value)
+                     f"{REQUEST_KINDS}, not {kinds!r}")
+  return Declaration(defaults_, tuple(kinds))
 
 
 @functools.lru_cache(maxsize=None)
-def _request_kinds(path: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
-  return {name: read_request_kinds(file) for name, file in unlearn.operator_modules(list(path))}
+def _declarations(path: tuple[str, ...]) -> dict[str, Declaration]:
+  return {name: read_declaration(file) for name, file in unlearn.operator_modules(list(path))}
+
+
+def declarations(path=None) -> dict[str, Declaration]:
+  """Operator name -> its Declaration, for every operator module (a fresh copy).
+
+  Args:
+    path: the folders to search; the `hamforget.unlearn` package by default.
+  """
+  return copy.deepcopy(_declarations(tuple(unlearn.__path__ if path is None else path)))
+
+
+def defaults(path=None) -> dict[str, dict[str, Any]]:
+  """Operator name -> its DEFAULTS, for every operator module."""
+  return {name: d.defaults for name, d in declarations(path).items()}
 
 
 def request_kinds(path=None) -> dict[str, tuple[str, ...]]:
   """Operator name -> the forget request kinds it serves, for every operator module."""
-  return dict(_request_kinds(tuple(unlearn.__path__ if path is None else path)))
+  return {name: d.request_kinds for name, d in declarations(path).items()}
+
+
+def names(path=None) -> list[str]:
+  """Every operator's name, as `hamforget.unlearn.names()` lists them."""
+  return list(declarations(path))
 
 
 def method_names(config) -> list[str]:
@@ -121,23 +137,3 @@ def check_methods(config) -> None:
           f"operator {name!r} cannot serve forget.kind={kind!r}: it forgets "
           f"{' or '.join(served[name])} only. Remove it from unlearn.methods or change "
           f"forget.kind.")
-
-
-@functools.lru_cache(maxsize=None)
-def _defaults(path: tuple[str, ...] | None) -> dict[str, dict[str, Any]]:
-  modules = unlearn.operator_modules(None if path is None else list(path))
-  return {name: read_defaults(file) for name, file in modules}
-
-
-def defaults(path=None) -> dict[str, dict[str, Any]]:
-  """Operator name -> its DEFAULTS (a fresh copy), for every operator module.
-
-  Args:
-    path: the folders to search; the `hamforget.unlearn` package by default.
-  """
-  return copy.deepcopy(_defaults(tuple(unlearn.__path__ if path is None else path)))
-
-
-def names(path=None) -> list[str]:
-  """Every operator's name, as `hamforget.unlearn.names()` lists them."""
-  return list(defaults(path))

@@ -39,8 +39,7 @@ def recipe(config, *overridden: str) -> ml_collections.ConfigDict:
 
 def sgd(learning_rate: float, momentum: float, weight_decay: float) -> optax.GradientTransformation:
   """SGD with momentum at a constant learning rate, weight decay on kernels only."""
-  kernels_only = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
-  return optax.chain(optax.add_decayed_weights(weight_decay, mask=kernels_only),
+  return optax.chain(optax.add_decayed_weights(weight_decay, mask=train.kernels_only),
                      optax.sgd(learning_rate, momentum=momentum))
 
 

@@ -18,6 +18,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from hamforget.unlearn import catalog  # no JAX: checks the config before JAX starts
+
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/mnist.py", "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (created).", required=True)
 _COMPILATION_CACHE = flags.DEFINE_string(
@@ -40,7 +42,6 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_QuietLibraries())
   config = _CONFIG.value
-  from hamforget.unlearn import catalog
   catalog.check_methods(config)  # before JAX starts: a config that cannot run fails at once
   # Virtual CPU devices must be requested before JAX initialises a backend.
   import jax

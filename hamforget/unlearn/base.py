@@ -189,7 +189,7 @@ def make_access(operator: Operator, *, retain: DeviceData, forget: DeviceData,
   if RETAIN_SUBSET in needs:
     size = max(1, int(round(retain_subset_fraction * retain.size)))
     index = jax.random.choice(rng, retain.size, (size,), replace=False)
-    subset = DeviceData(retain.images[index], retain.labels[index])
+    subset = retain.take(index)
   return Access(
       retain=retain if RETAIN in needs else None,
       forget=forget if FORGET in needs else None,

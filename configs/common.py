@@ -6,6 +6,7 @@ Every key a module reads is defined here with its default and unit, so that
 
 import ml_collections
 
+from hamforget.data import forget
 from hamforget.unlearn import catalog
 from hamforget.evaluate import config as evaluate_config
 
@@ -54,8 +55,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.forget = ml_collections.ConfigDict()
   config.forget.kind = "classes"       # classes | groups | examples
-  config.forget.classes = "0"          # comma-separated names or indices
-  config.forget.fraction = 0.1         # groups/examples: random fraction to forget
+  config.forget.classes = forget.DEFAULT_CLASSES  # comma-separated names or indices
+  config.forget.fraction = forget.DEFAULT_FRACTION  # groups/examples: random fraction to forget
   config.forget.ids = ""               # groups/examples: comma-separated explicit ids
 
   config.unlearn = ml_collections.ConfigDict()

@@ -11,9 +11,12 @@ and of every finished model (`models/<name>`; challenge populations as
 `hamforget.report`. A restarted run resumes the original training from its
 last epoch and skips every model already finished, so it ends where an
 uninterrupted run would. A finished model is reused only while the config
-that made it is unchanged (`store.model_fingerprint`): change an operator's
-hyper-parameters and rerun in the same workdir, and that operator (alone)
-runs again.
+and the data that made it are unchanged (`store.model_fingerprint`) and it
+reads back intact (its checksum): change an operator's hyper-parameters and
+rerun in the same workdir, and that operator (alone) runs again; edit the
+data file in place, and everything does. The workdir is locked while a run
+uses it (`hamforget.workdir_lock`), and every file is written atomically
+(`hamforget.files`).
 
 Where each step lives: data (`hamforget.data.prepare`), the original
 (`hamforget.original`), operators (`hamforget.operators`, `hamforget.unlearn`),
@@ -24,7 +27,6 @@ metrics (`hamforget.evaluate`), the report (`hamforget.report`).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 
@@ -32,7 +34,8 @@ import jax
 import ml_collections
 from absl import logging
 
-from hamforget import operators, original, populations, progress, records, report
+from hamforget import (config_checks, files, operators, original, populations, progress, records,
+                       report, workdir_lock)
 from hamforget.data import prepare
 from hamforget.evaluate import suite
 from hamforget.models import build_model
@@ -50,47 +53,56 @@ def _timed(phases: dict[str, float], name: str):
   phases[name] = phases.get(name, 0.0) + time.perf_counter() - start
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> dict[str, dict[str, float]]:
+def run(config: ml_collections.ConfigDict, workdir: str, mesh=None,
+        should_stop=None) -> dict[str, dict[str, float]]:
   """Runs the whole experiment and writes every output into `workdir`.
 
   Besides the outputs listed in the module docstring, `timings.json` holds the
   wall seconds of each phase of this invocation (data, original, each
   operator including its compilation, populations, evaluate, report, total);
   a model restored from an earlier invocation costs ~0 s here.
+
+  `should_stop` (no arguments -> bool) is asked after each epoch of the
+  original's training; when true, training stops at that checkpoint with
+  `train.Preempted`, and a rerun resumes there.
   """
-  catalog.check_methods(config)  # before any work: a wrong operator fails in seconds
+  config_checks.check_config(config, workdir)  # before any work: a bad value fails in seconds
   phases: dict[str, float] = {}
-  with _timed(phases, "total"):
-    results = _run(config, workdir, mesh, phases)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "timings.json"), "w") as f:
-      json.dump({k: round(v, 2) for k, v in phases.items()}, f, indent=1)
+  # One run per workdir: a second one would overwrite this one's files.
+  with workdir_lock.hold(workdir, take=jax.process_index() == 0):
+    with _timed(phases, "total"):
+      results = _run(config, workdir, mesh, phases, should_stop)
+    if jax.process_index() == 0:
+      files.write_json(os.path.join(workdir, "timings.json"),
+                       {k: round(v, 2) for k, v in phases.items()}, indent=1)
   progress.say("phases (s): " + ", ".join(f"{k} {v:.0f}" for k, v in phases.items()))
   return results
 
 
-def _run(config, workdir: str, mesh, phases: dict[str, float]) -> dict[str, dict[str, float]]:
+def _run(config, workdir: str, mesh, phases: dict[str, float],
+         should_stop=None) -> dict[str, dict[str, float]]:
   os.makedirs(workdir, exist_ok=True)
   is_writer = jax.process_index() == 0
   if is_writer:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    files.write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
   with _timed(phases, "data"):
     data = prepare.prepare_data(config, mesh)
   if is_writer:
-    data.split_table().to_csv(os.path.join(workdir, "splits.csv"), index=False)
+    with files.atomic_open(os.path.join(workdir, "splits.csv"), newline="") as f:
+      data.split_table().to_csv(f, index=False)
   model = build_model(config.model, data.num_classes)
   rng = jax.random.key(config.seed)
   store = ModelStore(workdir)
   like = original.init_variables(model, data.image_shape, jax.random.key(0))
 
   # The original: trained once per config, then restored.
-  fingerprint = model_fingerprint(config, ORIGINAL)
+  fingerprint = model_fingerprint(config, ORIGINAL, data.fingerprint)
   finished = store.load(ORIGINAL, like, fingerprint)
   if finished is None:
     with _timed(phases, ORIGINAL):
       variables, info = original.train_original(config, model, data, workdir,
-                                                jax.random.fold_in(rng, 0), mesh)
+                                                jax.random.fold_in(rng, 0), mesh,
+                                                should_stop=should_stop)
     finished = variables, records.cost_record(info, wall_s=phases[ORIGINAL],
                                               fingerprint=fingerprint)
     store.save(ORIGINAL, *finished)
@@ -103,7 +115,7 @@ def _run(config, workdir: str, mesh, phases: dict[str, float]) -> dict[str, dict
   # Retrain (the reference) and every operator, each from the original.
   methods = [RETRAIN] + [m for m in catalog.method_names(config) if m != RETRAIN]
   for name in methods:
-    fingerprint = model_fingerprint(config, name)
+    fingerprint = model_fingerprint(config, name, data.fingerprint)
     # A new original invalidates every model made from it.
     finished = None if original_is_new else store.load(name, like, fingerprint)
     if finished is None:

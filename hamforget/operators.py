@@ -13,7 +13,7 @@ import zlib
 import jax
 import ml_collections
 
-from hamforget import sharding, unlearn
+from hamforget import sharding, train, unlearn
 from hamforget.data.prepare import ExperimentData
 
 
@@ -36,7 +36,8 @@ def bind(name: str, config: ml_collections.ConfigDict, model, data: ExperimentDa
   op_config = operator.make_config(config.unlearn.get(name), config.train, config.augment)
   access = unlearn.make_access(
       operator, retain=data.device["retain"], forget=data.device["forget"],
-      val=data.device["val"], forget_classes=list(data.request.classes),
+      val=data.device["unlearn_val"], probe=data.device["val"],
+      forget_classes=list(data.request.classes),
       num_classes=data.num_classes, image_shape=data.image_shape, rng=rng,
       retain_subset_fraction=op_config.get("retain_subset_fraction", 0.0))
   return lambda v, a, r: operator.fn(model, v, a, data.request, op_config, r), access
@@ -47,6 +48,9 @@ def run_operator(name: str, config, model, variables, data: ExperimentData, rng)
 
   `compile_s` and `wall_s` (execution only) are timed apart: compilation is
   paid once per shape, not per run of a grid.
+
+  Raises:
+    train.DivergedError: the operator's loss curve in `info` is not finite.
   """
   access_rng, op_rng = jax.random.split(rng)
   fn, access = bind(name, config, model, data, access_rng)
@@ -56,4 +60,6 @@ def run_operator(name: str, config, model, variables, data: ExperimentData, rng)
   compile_s = time.perf_counter() - start
   start = time.perf_counter()
   new_variables, info = jax.block_until_ready(compiled(variables, access, op_rng))
-  return new_variables, info, {"wall_s": time.perf_counter() - start, "compile_s": compile_s}
+  wall_s = time.perf_counter() - start
+  train.check_info_losses(name, info)  # before a broken model is stored and evaluated
+  return new_variables, info, {"wall_s": wall_s, "compile_s": compile_s}

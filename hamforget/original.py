@@ -36,17 +36,23 @@ def train_batches(config, data: ExperimentData, mesh=None):
 
 
 def train_original(config, model, data: ExperimentData, workdir: str, rng,
-                   mesh=None) -> tuple[train.Variables, dict]:
+                   mesh=None, should_stop=None) -> tuple[train.Variables, dict]:
   """Trains the original model with early stopping; returns (variables, info).
 
   Each epoch's losses go to `workdir/metrics.jsonl` and the progress bar.
+  `should_stop` is `train.fit`'s hook: asked after each checkpointed epoch.
+
+  Raises:
+    train.DivergedError: an epoch's loss is not finite.
+    train.Preempted: `should_stop()` returned True; the epoch is checkpointed.
   """
   num_train = data.device["train"].size
   spec = train.make_fit_spec(model, config.train, config.augment, num_train)
   init_rng, fit_rng = jax.random.split(rng)
   variables = init_variables(model, data.image_shape, init_rng)
-  checkpoints = checkpoint.FitCheckpoints(
-      os.path.join(workdir, "checkpoints", ORIGINAL, model_fingerprint(config, ORIGINAL)))
+  # Keyed by config and data: a changed one must not resume the other's training.
+  key = model_fingerprint(config, ORIGINAL, data.fingerprint)
+  checkpoints = checkpoint.FitCheckpoints(os.path.join(workdir, "checkpoints", ORIGINAL, key))
   bar = progress.bar(spec.num_epochs, f"train {ORIGINAL}")
 
   def on_epoch(carry):
@@ -61,10 +67,12 @@ def train_original(config, model, data: ExperimentData, workdir: str, rng,
     bar.set_postfix(loss=f"{record['train_loss']:.3f}", val_acc=f"{record['val_accuracy']:.3f}")
 
   bar.update(checkpoints.latest_step() or 0)
-  variables, info = train.fit(spec, variables, train_batches(config, data, mesh),
-                              data.device["val"], fit_rng, checkpoints=checkpoints,
-                              on_epoch=on_epoch)
-  bar.close()
-  checkpoints.close()
+  try:
+    variables, info = train.fit(spec, variables, train_batches(config, data, mesh),
+                                data.device["val"], fit_rng, checkpoints=checkpoints,
+                                on_epoch=on_epoch, should_stop=should_stop, name=ORIGINAL)
+  finally:  # also on DivergedError/Preempted: an open manager's threads outlive the exit
+    bar.close()
+    checkpoints.close()
   steps = info["epochs"] * batches.steps_per_epoch(num_train, spec.batch_size)
   return variables, dict(info, steps=steps, examples_seen=steps * spec.batch_size)

@@ -38,7 +38,8 @@ def build_populations(config, model, original, data: ExperimentData, names, rng,
       lambda x: jax.ShapeDtypeStruct((size, *x.shape), x.dtype, sharding=x.sharding), original)
   populations = {}
   for name in names:
-    key, fingerprint = f"population_{name}", f"{model_fingerprint(config, name)}-{size}"
+    key = f"population_{name}"
+    fingerprint = f"{model_fingerprint(config, name, data.fingerprint)}-{size}"
     finished = None if store is None or remake else store.load(key, like, fingerprint)
     if finished is not None:
       populations[name] = finished[0]

@@ -3,15 +3,37 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import numpy as np
 
 
 def append_json_line(path: str, record: dict) -> None:
-  """Appends `record` as one JSON line to `path`."""
-  with open(path, "a") as f:
-    f.write(json.dumps(record) + "\n")
+  """Appends `record` as one JSON line to `path`.
+
+  A run killed mid-append leaves a torn last line without its newline; the
+  next record then starts on a line of its own, so only the torn one is lost.
+  """
+  line = json.dumps(record) + "\n"
+  with open(path, "a+b") as f:
+    if f.seek(0, os.SEEK_END) > 0:
+      f.seek(-1, os.SEEK_END)
+      if f.read(1) != b"\n":
+        line = "\n" + line
+    f.write(line.encode())
+
+
+def read_json_lines(path: str) -> list[dict]:
+  """The records of a JSON-lines file, skipping torn lines (a kill mid-append)."""
+  out = []
+  with open(path, "rb") as f:
+    for line in f:
+      try:
+        out.append(json.loads(line))
+      except ValueError:  # JSONDecodeError and UnicodeDecodeError both are
+        continue
+  return out
 
 
 def info_summary(info: dict) -> dict[str, Any]:

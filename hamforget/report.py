@@ -22,6 +22,8 @@ import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from hamforget import files  # noqa: E402
+
 Results = Mapping[str, Mapping[str, float]]
 
 # The seed's table, column by column: header -> metric (or (mean, std) pair).
@@ -110,6 +112,18 @@ def format_table(results: Results, metrics: Sequence[str] = SHORT_METRICS) -> st
   return "\n".join(lines)
 
 
+def _save_npz(path: str, arrays: Mapping[str, np.ndarray]) -> None:
+  with files.atomic_open(path, "wb") as f:
+    np.savez(f, **arrays)
+
+
+def _save_figure(fig, path: str) -> None:
+  """Writes `fig` as a PNG atomically and closes it."""
+  with files.atomic_open(path, "wb") as f:
+    fig.savefig(f, dpi=100, format="png")
+  plt.close(fig)
+
+
 # ----------------------------------------------------------------------------
 # Plots.
 
@@ -138,8 +152,7 @@ def plot_loss_histograms(path: str, per_example, results: Results) -> None:
     ax.set_xlabel("loss (nats)")
     ax.legend(frameon=False)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _save_figure(fig, path)
 
 
 def plot_per_class_accuracy(path: str, results: Results, class_names: Sequence[str]) -> None:
@@ -157,8 +170,7 @@ def plot_per_class_accuracy(path: str, results: Results, class_names: Sequence[s
   ax.set_ylim(0, 1.05)
   ax.legend(frameon=False, fontsize="small", ncol=min(4, len(names)))
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _save_figure(fig, path)
 
 
 def plot_relearning_curves(path: str, curves: Mapping[str, np.ndarray], results: Results) -> None:
@@ -180,8 +192,7 @@ def plot_relearning_curves(path: str, curves: Mapping[str, np.ndarray], results:
     ax.text(0.5, 0.5, "no relearning curves (evaluate.anamnesis off)", ha="center",
             transform=ax.transAxes)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _save_figure(fig, path)
 
 
 def plot_attack_accuracy(path: str, results: Results, retrain_name: str) -> None:
@@ -202,8 +213,7 @@ def plot_attack_accuracy(path: str, results: Results, retrain_name: str) -> None
   ax.set_ylabel("attack accuracy")
   ax.set_ylim(0, 1.05)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------
@@ -237,11 +247,11 @@ def write_report(workdir: str, results: Results, per_example, curves: Mapping[st
     paths[name] = os.path.join(workdir, name)
     return paths[name]
 
-  with open(path_of("results.json"), "w") as f:
-    json.dump(_json_ready(results), f, indent=1, allow_nan=False)
+  files.write_json(path_of("results.json"), _json_ready(results), indent=1, allow_nan=False)
   table = pd.DataFrame({model: dict(row) for model, row in results.items()}).T
   table.index.name = "model"
-  table.to_csv(path_of("results.csv"))
+  with files.atomic_open(path_of("results.csv"), newline="") as f:
+    table.to_csv(f)
 
   markdown = [
       f"# Results\n\nThe seed's table: `{retrain_name}` (the reference) against "
@@ -252,8 +262,7 @@ def write_report(workdir: str, results: Results, per_example, curves: Mapping[st
       full_table(results),
       "",
   ]
-  with open(path_of("results.md"), "w") as f:
-    f.write("\n".join(markdown))
+  files.write_text(path_of("results.md"), "\n".join(markdown))
 
   names = np.asarray([str(c) for c in class_names])
   for model, splits in per_example.items():
@@ -261,9 +270,9 @@ def write_report(workdir: str, results: Results, per_example, curves: Mapping[st
     for split, outputs in splits.items():
       for field in ("loss", "logits", "labels"):
         arrays[f"{split}_{field}"] = np.asarray(outputs[field])
-    np.savez(path_of(f"per_example_{_file_safe(model)}.npz"), **arrays)
+    _save_npz(path_of(f"per_example_{_file_safe(model)}.npz"), arrays)
   if curves:
-    np.savez(path_of("relearning_curves.npz"), **{m: np.asarray(c) for m, c in curves.items()})
+    _save_npz(path_of("relearning_curves.npz"), {m: np.asarray(c) for m, c in curves.items()})
 
   plot_loss_histograms(path_of("loss_histograms.png"), per_example, results)
   plot_per_class_accuracy(path_of("per_class_accuracy.png"), results, class_names)

@@ -1,9 +1,13 @@
-"""Finished models on disk, keyed by the config that made them.
+"""Finished models on disk, keyed by everything that made them, checksummed.
 
 `ModelStore` keeps each finished model of a workdir under `models/<name>`
 (orbax) with a JSON record beside it; a restarted run skips every model whose
-record carries the current config's `model_fingerprint`, and makes again the
-ones whose config changed.
+record carries the current `model_fingerprint` (config values and the
+prepared data's digest), and makes again the ones whose config or data
+changed. The record also holds the SHA-256 of the model's arrays
+(`files.tree_digest`), checked after every restore: a model damaged on disk
+(flipped bytes, a truncated file, an empty record left by a kill) counts as
+unfinished, with a warning naming the file, and is made again.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
 
+from hamforget import files
+
 ORIGINAL = "original"
 
 # Config sections that decide what the original model is. The operators add
@@ -27,9 +33,17 @@ _MODEL_SECTIONS = ("seed", "data", "augment", "model", "train", "forget")
 _NOT_IN_FINGERPRINT = {"data": ("cache_dir", "num_workers", "decode_workers")}
 
 
-def model_fingerprint(config: ml_collections.ConfigDict, name: str) -> str:
-  """A hash (16 hex digits) of the config values that model `name` depends on."""
-  parts = {}
+def model_fingerprint(config: ml_collections.ConfigDict, name: str, data: str) -> str:
+  """A hash (16 hex digits) of what model `name` depends on.
+
+  Args:
+    config: the experiment's config; the sections in `_MODEL_SECTIONS` count,
+      and for an operator its own `unlearn.<name>` section.
+    name: `ORIGINAL` or an operator's name.
+    data: the prepared data's digest (`ExperimentData.fingerprint`): the
+      config names the data by path, and a file edited in place keeps its path.
+  """
+  parts = {"data_digest": data}
   for section in _MODEL_SECTIONS:
     value = config[section]
     if isinstance(value, ml_collections.ConfigDict):
@@ -46,8 +60,9 @@ def model_fingerprint(config: ml_collections.ConfigDict, name: str) -> str:
 class ModelStore:
   """Finished models under `workdir/models/<name>` (orbax), so restarts skip them.
 
-  Each model's JSON record carries the fingerprint of the config that made it;
-  a model whose fingerprint differs from the current one counts as unfinished.
+  Each model's JSON record carries the fingerprint of what made it and the
+  digest of its arrays; a model whose fingerprint differs from the current
+  one, or that cannot be read back intact, counts as unfinished.
   """
 
   def __init__(self, workdir: str):
@@ -59,21 +74,43 @@ class ModelStore:
 
   def load(self, name: str, like, fingerprint: str) -> tuple[Any, dict] | None:
     """(variables shaped and sharded like `like`, record) of a finished model
-    made by this config, or None."""
+    made by this config and data, or None (absent, changed, or damaged)."""
     record_path = self._path(name) + ".json"
     if not os.path.exists(record_path):
       return None
-    with open(record_path) as f:
-      record = json.load(f)
-    if record.get("fingerprint") != fingerprint:
-      logging.info("%s: its config changed since it was made; making it again", name)
+    try:
+      record = files.read_json(record_path)
+    except (OSError, ValueError) as e:
+      logging.warning("%s: unreadable record, so the model is made again: %s", name, e)
+      return None
+    if not isinstance(record, dict) or record.get("fingerprint") != fingerprint:
+      logging.info("%s: its config or data changed since it was made; making it again", name)
       return None
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-    return self._checkpointer.restore(self._path(name), abstract), record
+    try:
+      variables = self._checkpointer.restore(self._path(name), abstract)
+    except Exception as e:  # pylint: disable=broad-except  # any damage: make it again
+      logging.warning("%s: cannot restore %s, so the model is made again: %s",
+                      name, self._path(name), files.describe_error(e))
+      return None
+    digest = files.tree_digest(variables)
+    if digest != record.get("sha256"):
+      logging.warning("%s: the arrays restored from %s do not match the checksum in %s "
+                      "(sha256 %s, expected %s): damaged on disk, so the model is made again",
+                      name, self._path(name), record_path, digest[:16],
+                      str(record.get("sha256"))[:16])
+      return None
+    return variables, record
 
   def save(self, name: str, variables, record: dict) -> None:
+    """Saves `variables` with `record` (plus their sha256) as the finished model `name`."""
+    record_path = self._path(name) + ".json"
+    record = {**record, "sha256": files.tree_digest(variables)}
+    # The record marks the model as finished: gone while the arrays are
+    # rewritten, written (atomically) only once they are on disk.
+    if jax.process_index() == 0 and os.path.exists(record_path):
+      os.remove(record_path)
     self._checkpointer.save(self._path(name), variables, force=True)
     self._checkpointer.wait_until_finished()
-    # The record is written last: its presence marks the model as finished.
-    with open(self._path(name) + ".json", "w") as f:
-      json.dump(record, f)
+    if jax.process_index() == 0:
+      files.write_json(record_path, record)

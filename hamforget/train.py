@@ -15,12 +15,14 @@ stopping rule, so both give the same parameters for the same inputs.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable, NamedTuple
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from hamforget import sharding
@@ -320,9 +322,60 @@ def _streamed_epoch(spec: FitSpec, stream: StreamedData, rng: jax.Array):
   return run_epoch
 
 
+class DivergedError(FloatingPointError):
+  """A training loss became NaN or infinite: the run stops instead of reporting
+  metrics of a broken model. The message names the model, where and the value."""
+
+
+class Preempted(Exception):
+  """Training stopped at an epoch boundary because `should_stop` said so (a
+  SIGTERM from a preemptible VM, say); the carry of that epoch is checkpointed
+  and a rerun resumes there."""
+
+  def __init__(self, epochs_done: int):
+    super().__init__(f"stopped after epoch {epochs_done}: checkpoint saved; rerun the same "
+                     "command to resume")
+    self.epochs_done = epochs_done
+
+
+def check_epoch_losses(name: str, carry: FitCarry) -> None:
+  """Raises DivergedError when the epoch just finished has a non-finite loss.
+
+  Reads two scalars the host fetches for progress anyway: no extra sync per step.
+  """
+  epoch = int(carry.epoch)
+  for what, history in (("train loss", carry.train_loss), ("validation loss", carry.val_loss)):
+    value = float(history[epoch - 1])
+    if not math.isfinite(value):
+      raise DivergedError(
+          f"{name}: {what} is {value} at epoch {epoch}: training diverged (expected a finite "
+          "loss). Lower the learning rate or raise the warmup, then rerun.")
+
+
+def check_info_losses(name: str, info: dict) -> None:
+  """Raises DivergedError when a finished run's loss curve in `info` is not finite.
+
+  Looks at `train_loss` (per epoch; only the `epochs` run, the rest are NaN
+  placeholders) and `loss` (per step), the curves every operator reports.
+  """
+  for key, unit in (("train_loss", "epoch"), ("loss", "step")):
+    if key not in info:
+      continue
+    curve = np.asarray(info[key], np.float64).reshape(-1)
+    if key == "train_loss" and "epochs" in info:
+      curve = curve[:int(np.asarray(info["epochs"]))]
+    bad = np.flatnonzero(~np.isfinite(curve))
+    if bad.size:
+      raise DivergedError(
+          f"{name}: {key} is {curve[bad[0]]} at {unit} {bad[0] + 1} of {curve.size} "
+          f"({bad.size} non-finite): the run diverged (expected a finite loss). Lower its "
+          "learning rate, then rerun.")
+
+
 def fit(spec: FitSpec, variables: Variables, train: DeviceData | StreamedData, val: DeviceData,
         rng: jax.Array, *, checkpoints=None, on_epoch=None,
-        stop_after_epochs: int | None = None) -> tuple[Variables, dict]:
+        stop_after_epochs: int | None = None, should_stop: Callable[[], bool] | None = None,
+        name: str = "model") -> tuple[Variables, dict]:
   """Trains with early stopping, one epoch at a time, checkpointing each epoch.
 
   Args:
@@ -334,6 +387,14 @@ def fit(spec: FitSpec, variables: Variables, train: DeviceData | StreamedData, v
       run would.
     on_epoch: called with the carry after each epoch (progress, logging).
     stop_after_epochs: stop (as if preempted) once this many epochs are done.
+    should_stop: asked after each epoch (once its checkpoint is written); True
+      raises `Preempted`. A pure hook: the caller decides what it watches.
+    name: the model's name in error messages.
+
+  Raises:
+    DivergedError: an epoch's train or validation loss is not finite (checked
+      before that epoch is checkpointed, so a rerun does not resume from it).
+    Preempted: `should_stop()` returned True.
   """
   iterator = train.iterator if isinstance(train, StreamedData) else None
   if iterator is None:
@@ -349,10 +410,15 @@ def fit(spec: FitSpec, variables: Variables, train: DeviceData | StreamedData, v
     if stop_after_epochs is not None and int(carry.epoch) >= stop_after_epochs:
       break
     carry = run_epoch(carry, val)
+    check_epoch_losses(name, carry)
     if checkpoints is not None:
       checkpoints.save(int(carry.epoch), carry, iterator=iterator)
     if on_epoch is not None:
       on_epoch(carry)
+    if should_stop is not None and should_stop():
+      if checkpoints is not None:
+        checkpoints.wait()  # the epoch just saved must be on disk before the exit
+      raise Preempted(int(carry.epoch))
   if checkpoints is not None:
     checkpoints.wait()
   return fit_result(carry)

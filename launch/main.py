@@ -9,16 +9,26 @@ Any config key can be overridden with --config.<section>.<key>=value. On
 several hosts (TPU VM pods, GPU clusters) run the same command on every host:
 `jax.distributed.initialize()` is called when the environment says so (see
 hamforget/sharding.py).
+
+The whole config is checked before JAX starts (`hamforget.config_checks`): a
+bad value exits at once with every problem listed. SIGTERM (how preemptible
+TPU and cloud VMs announce their end) during the original's training stops it
+at the next epoch boundary, once that epoch is checkpointed, and exits with
+status 143; rerunning the same command resumes there and ends with the results
+of an uninterrupted run. In other phases the first SIGTERM is only noted (each
+finished model is already saved); a second one kills the run at once.
 """
 
 import logging as std_logging
 import os
+import signal
 import sys
+import threading
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from hamforget.unlearn import catalog  # no JAX: checks the config before JAX starts
+from hamforget import config_checks  # no JAX: checks the config before JAX starts
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/mnist.py", "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (created).", required=True)
@@ -28,6 +38,31 @@ _COMPILATION_CACHE = flags.DEFINE_string(
     "operator's hyper-parameter changed, a preempted run) loads the programs it "
     "compiled before instead of compiling them again. Default: `jax/` in the data "
     "cache folder (~/.cache/hamforget or $HAMFORGET_CACHE); '' turns it off.")
+
+
+# 128 + SIGTERM: what a shell reports for a process that SIGTERM ended.
+EXIT_PREEMPTED = 128 + signal.SIGTERM
+
+
+def _stop_on_sigterm() -> threading.Event:
+  """An event set by the first SIGTERM; a second SIGTERM kills as usual.
+
+  The fit loop polls it at epoch boundaries (`train.fit(should_stop=...)`):
+  stopping there costs at most one epoch, and the checkpoint it leaves is a
+  complete one.
+  """
+  requested = threading.Event()
+
+  def handler(signum, frame):
+    del frame
+    if requested.is_set():  # asked twice: stop waiting for the epoch
+      signal.signal(signum, signal.SIG_DFL)
+      os.kill(os.getpid(), signum)
+    requested.set()
+    logging.warning("SIGTERM: stopping after the current epoch's checkpoint")
+
+  signal.signal(signal.SIGTERM, handler)
+  return requested
 
 
 class _QuietLibraries(std_logging.Filter):
@@ -42,7 +77,11 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_QuietLibraries())
   config = _CONFIG.value
-  catalog.check_methods(config)  # before JAX starts: a config that cannot run fails at once
+  try:  # before JAX starts: a config that cannot run fails at once
+    config_checks.check_config(config, _WORKDIR.value)
+  except config_checks.ConfigError as error:
+    sys.exit(f"error: {error}")
+  stop = _stop_on_sigterm()
   # Virtual CPU devices must be requested before JAX initialises a backend.
   import jax
   from hamforget import sharding
@@ -60,12 +99,18 @@ def main(argv):
     # ones those are depends on the machine's load, and many small programs
     # (the evaluation's) add up.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  from hamforget import experiment, report
+  from hamforget import experiment, report, train
 
   mesh = sharding.make_mesh(config.mesh.num_devices)
   logging.info("devices: %s; mesh %s", jax.devices(), dict(mesh.shape))
-  with jax.set_mesh(mesh):
-    results = experiment.run(config, _WORKDIR.value, mesh)
+  try:
+    with jax.set_mesh(mesh):
+      results = experiment.run(config, _WORKDIR.value, mesh, should_stop=stop.is_set)
+  except train.Preempted as preempted:
+    print(f"preempted (SIGTERM): {preempted}", file=sys.stderr)
+    sys.exit(EXIT_PREEMPTED)
+  except (train.DivergedError, config_checks.ConfigError) as error:
+    sys.exit(f"error: {error}")
   if jax.process_index() == 0:
     print(report.format_table(results))
     print(f"\nfull results: {os.path.join(_WORKDIR.value, 'results.md')}", file=sys.stderr)

@@ -1,5 +1,6 @@
 """Forget requests: parsing, masks for each kind, determinism, errors."""
 
+import jax
 import ml_collections
 import numpy as np
 import pytest
@@ -117,3 +118,36 @@ def test_request_is_frozen():
   request = ForgetRequest("classes", (1,))
   with pytest.raises(Exception):
     request.kind = "groups"
+
+
+def _examples(labels):
+  labels = np.asarray(labels, np.int32)
+  n = len(labels)
+  return Examples(np.zeros((n, 2, 2, 1), np.uint8), labels, np.arange(n).astype(str),
+                  np.arange(n).astype(str))
+
+
+def test_unlearning_validation_leaves_out_the_forgotten_classes():
+  from hamforget.data.prepare import unlearning_validation
+  val = _examples([0, 1, 2, 0, 3, 2, 1])
+  kept = unlearning_validation(val, ForgetRequest("classes", classes=(0, 2)))
+  np.testing.assert_array_equal(kept.labels, [1, 3, 1])
+  np.testing.assert_array_equal(kept.ids, ["1", "4", "6"])
+  # Group and example requests forget training examples: val is kept whole.
+  for kind in ("groups", "examples"):
+    assert unlearning_validation(val, ForgetRequest(kind, fraction=0.2)) is val
+
+
+def test_operators_validate_on_the_unlearning_split(tmp_path):
+  from configs import mnist
+  from hamforget import operators
+  from hamforget.data import prepare
+  from hamforget.models import build_model
+  config = mnist.get_config("local")
+  config.data.cache_dir = str(tmp_path / "cache")
+  config.data.limit = 300
+  data = prepare.prepare_data(config)
+  assert 0 in data.host["val"].labels and 0 not in data.host["unlearn_val"].labels
+  model = build_model(config.model, data.num_classes)
+  _, access = operators.bind("finetune", config, model, data, jax.random.key(0))
+  np.testing.assert_array_equal(np.asarray(access.val.labels), data.host["unlearn_val"].labels)

@@ -18,6 +18,10 @@ import numpy as np
 from hamforget.data.types import Examples
 
 KINDS = ("classes", "groups", "examples")
+# The config defaults (configs/common.py): a key the kind ignores must keep its
+# default, so a value set there is seen (`config_checks`), not silently unused.
+DEFAULT_CLASSES = "0"
+DEFAULT_FRACTION = 0.1
 
 
 def _tokens(text: Any) -> list[str]:
@@ -27,7 +31,7 @@ def _tokens(text: Any) -> list[str]:
   return [t.strip() for t in str(text).split(",") if t.strip()]
 
 
-def _parse_classes(text: Any, class_names: Sequence[str]) -> tuple[int, ...]:
+def parse_classes(text: Any, class_names: Sequence[str]) -> tuple[int, ...]:
   """"mel,nv" or "0,4" (or a mix) -> sorted unique class indices."""
   indices = []
   for token in _tokens(text):
@@ -90,7 +94,7 @@ class ForgetRequest:
     if kind not in KINDS:
       raise ValueError(f"forget.kind {kind!r} unknown, expected one of {KINDS}")
     if kind == "classes":
-      return cls(kind, classes=_parse_classes(forget_config.classes, class_names))
+      return cls(kind, classes=parse_classes(forget_config.classes, class_names))
     ids = tuple(_tokens(forget_config.ids))
     if ids:
       return cls(kind, ids=ids)

@@ -48,7 +48,12 @@ RETAIN = "retain"                # every retained training example
 FORGET = "forget"                # every example to forget
 RETAIN_SUBSET = "retain_subset"  # a random subset of `config.retain_subset_fraction` of retain
 VAL = "val"                      # the validation split (held out, never trained on)
-DATA_NEEDS = frozenset({RETAIN, FORGET, RETAIN_SUBSET, VAL})
+# The whole validation split, forgotten classes included, for the curves an
+# operator reports in `info` alone: nothing computed from it may reach the
+# model being trained or any choice the operator makes (gkt's student curve).
+# An operator that needs nothing else is still zero-shot.
+PROBE = "probe"
+DATA_NEEDS = frozenset({RETAIN, FORGET, RETAIN_SUBSET, VAL, PROBE})
 
 
 @flax.struct.dataclass
@@ -56,7 +61,9 @@ class Access:
   """The data handed to an operator. Fields it did not declare are None.
 
   Attributes:
-    retain, forget, retain_subset, val: DeviceData or None.
+    retain, forget, retain_subset, val, probe: DeviceData or None. For a
+      class request `val` leaves out the forgotten classes (what unlearning
+      runs may select on), `probe` keeps them (for reported curves only).
     forget_classes: int32 (K,), the classes to forget (empty unless the
       request is a class request). Available to every operator.
     num_classes: number of classes of the model (static).
@@ -66,6 +73,7 @@ class Access:
   forget: DeviceData | None
   retain_subset: DeviceData | None
   val: DeviceData | None
+  probe: DeviceData | None
   forget_classes: jax.Array
   num_classes: int = flax.struct.field(pytree_node=False)
   image_shape: tuple[int, int, int] = flax.struct.field(pytree_node=False)
@@ -93,7 +101,8 @@ class Operator:
 
   @property
   def zero_shot(self) -> bool:
-    return not self.needs
+    """Sees no training example (it may still report curves on the probe)."""
+    return not self.needs - {PROBE}
 
   def make_config(self, overrides=None, train=None, augment=None) -> ml_collections.FrozenConfigDict:
     """Defaults, then `overrides` (unknown keys are an error), plus the original recipe."""
@@ -182,8 +191,12 @@ def names() -> list[str]:
 def make_access(operator: Operator, *, retain: DeviceData, forget: DeviceData,
                 val: DeviceData, forget_classes, num_classes: int,
                 image_shape: tuple[int, int, int], rng: jax.Array,
-                retain_subset_fraction: float = 0.0) -> Access:
-  """Hands the operator exactly what it declared, and nothing else."""
+                retain_subset_fraction: float = 0.0,
+                probe: DeviceData | None = None) -> Access:
+  """Hands the operator exactly what it declared, and nothing else.
+
+  `probe` defaults to `val` (the same split when no class is forgotten).
+  """
   needs = operator.needs
   subset = None
   if RETAIN_SUBSET in needs:
@@ -195,6 +208,7 @@ def make_access(operator: Operator, *, retain: DeviceData, forget: DeviceData,
       forget=forget if FORGET in needs else None,
       retain_subset=subset,
       val=val if VAL in needs else None,
+      probe=(val if probe is None else probe) if PROBE in needs else None,
       forget_classes=jnp.asarray(np.asarray(forget_classes, np.int32).reshape(-1)),
       num_classes=num_classes,
       image_shape=tuple(image_shape))

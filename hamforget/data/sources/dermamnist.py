@@ -59,6 +59,10 @@ def read_npz(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     npz = np.load(path, allow_pickle=False)  # user data: never unpickle
   except (OSError, ValueError, zipfile.BadZipFile) as e:
     raise DataError(f"{path}: not a readable .npz file: {e}. {HOW_TO_GET}") from e
+  if not isinstance(npz, np.lib.npyio.NpzFile):  # a .npy holds one bare array
+    raise DataError(f"{path}: a single {npz.dtype} {npz.shape} array (.npy), not an .npz "
+                    f"archive: expected MedMNIST's .npz with the arrays {', '.join(KEYS)}. "
+                    f"{HOW_TO_GET}")
   with npz:
     missing = [k for k in KEYS if k not in npz.files]
     if missing:

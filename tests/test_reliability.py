@@ -1,0 +1,185 @@
+"""Runtime reliability: a diverging run stops with an error that says where,
+and a SIGTERM during training checkpoints, exits, and resumes to the same end."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import common
+from hamforget import checkpoint, operators, train
+from hamforget.data import batches
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class _Linear(nn.Module):
+  """BatchNorm + a linear layer: the fit loop's contract, compiled in a second."""
+
+  @nn.compact
+  def __call__(self, x, train):
+    x = nn.BatchNorm(use_running_average=not train)(x.reshape(x.shape[0], -1))
+    return nn.Dense(3)(x)
+
+
+def _tiny_fit(learning_rate=0.1, num_epochs=3):
+  """(spec, variables, data) of a 3-class problem on 8x8 images and a linear model."""
+  config = common.base_config()
+  config.train.batch_size = 32
+  config.train.num_epochs = num_epochs
+  config.train.patience = 0
+  config.train.eval_batch_size = 64
+  config.train.learning_rate = learning_rate
+  config.train.warmup_epochs = 0.0
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 3, 96).astype(np.int32)
+  images = (labels[:, None, None, None] * 80 + rng.integers(0, 40, (96, 8, 8, 1))).astype(np.uint8)
+  model = _Linear()
+  variables = train.init_variables(model, (8, 8, 1), jax.random.key(0))
+  spec = train.make_fit_spec(model, config.train, config.augment, len(labels))
+  return spec, variables, batches.to_device(images, labels)
+
+
+# ---------------------------------------------------------------- divergence --
+
+
+def test_a_diverging_fit_stops_naming_the_model_epoch_and_value():
+  spec, variables, data = _tiny_fit(learning_rate=1e12)
+  with pytest.raises(train.DivergedError,
+                     match=r"^original: (train|validation) loss is (nan|inf|-inf) at epoch \d: "
+                           r"training diverged \(expected a finite loss\)"):
+    train.fit(spec, variables, data, data, jax.random.key(1), name="original")
+
+
+def test_a_diverged_epoch_is_not_checkpointed(tmp_path):
+  spec, variables, data = _tiny_fit(learning_rate=1e12)
+  checkpoints = checkpoint.FitCheckpoints(str(tmp_path / "ckpt"))
+  with pytest.raises(train.DivergedError) as error:
+    train.fit(spec, variables, data, data, jax.random.key(1), checkpoints=checkpoints)
+  checkpoints.wait()
+  diverged_at = int(str(error.value).split(" at epoch ")[1].split(":")[0])
+  assert (checkpoints.latest_step() or 0) == diverged_at - 1
+
+
+def test_info_losses_are_checked_where_they_ran():
+  nan, inf = math.nan, math.inf
+  # fit histories hold NaN placeholders after the epochs that ran: fine.
+  train.check_info_losses("retrain", {"train_loss": jnp.array([1.0, 0.5, nan]),
+                                      "epochs": jnp.int32(2)})
+  with pytest.raises(train.DivergedError,
+                     match=r"retrain: train_loss is nan at epoch 2 of 2 \(1 non-finite\)"):
+    train.check_info_losses("retrain", {"train_loss": jnp.array([1.0, nan, nan]),
+                                        "epochs": jnp.int32(2)})
+  with pytest.raises(train.DivergedError,
+                     match=r"scrub: loss is inf at step 3 of 4 \(2 non-finite\)"):
+    train.check_info_losses("scrub", {"loss": jnp.array([1.0, 0.5, inf, nan])})
+  train.check_info_losses("gkt", {"steps": jnp.int32(3)})  # no curve: nothing to check
+
+
+def test_run_operator_refuses_a_diverged_operator(monkeypatch):
+  """The runner's check: an operator whose loss went NaN is not stored or evaluated."""
+
+  def diverging(variables, access, rng):
+    del access, rng
+    return variables, {"loss": jnp.array([0.7, jnp.nan]), "steps": jnp.int32(2)}
+
+  monkeypatch.setattr(operators, "bind", lambda *args: (diverging, {}))
+  variables = {"params": {"w": jnp.ones(3)}, "batch_stats": {}}
+  with pytest.raises(train.DivergedError, match=r"^finetune: loss is nan at step 2 of 2"):
+    operators.run_operator("finetune", None, None, variables, None, jax.random.key(0))
+
+
+# ---------------------------------------------------------------- preemption --
+
+
+def test_should_stop_checkpoints_the_epoch_and_resume_ends_the_same(tmp_path):
+  spec, variables, data = _tiny_fit(num_epochs=3)
+  whole, whole_info = train.fit(spec, variables, data, data, jax.random.key(1))
+  checkpoints = checkpoint.FitCheckpoints(str(tmp_path / "ckpt"))
+  asked = []
+
+  def stop_after_first():
+    asked.append(True)
+    return len(asked) == 1
+
+  with pytest.raises(train.Preempted, match="stopped after epoch 1: checkpoint saved"):
+    train.fit(spec, variables, data, data, jax.random.key(1), checkpoints=checkpoints,
+              should_stop=stop_after_first)
+  assert checkpoints.latest_step() == 1
+  resumed, resumed_info = train.fit(spec, variables, data, data, jax.random.key(1),
+                                    checkpoints=checkpoints, should_stop=stop_after_first)
+  checkpoints.close()
+  assert int(resumed_info["epochs"]) == 3 and len(asked) == 3
+  jax.tree.map(np.testing.assert_array_equal, resumed, whole)
+
+
+def _command(workdir, cache):
+  return [sys.executable, "-m", "launch.main", "--config=configs/mnist.py:local",
+          f"--workdir={workdir}", f"--config.data.cache_dir={cache}",
+          "--config.train.num_epochs=3", "--config.train.patience=0", "--config.data.limit=400",
+          "--config.evaluate.anamnesis=False", "--config.data.image_size=8",
+          "--config.unlearn.methods="]
+
+
+def _env():
+  return {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # the launcher's own devices
+
+
+def _original_epochs(workdir):
+  path = workdir / "metrics.jsonl"
+  if not path.exists():
+    return []
+  lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  return [line["epoch"] for line in lines if line.get("phase") == "original" and "epoch" in line]
+
+
+def _comparable(results):
+  """results.json without timings (they differ between any two runs)."""
+  return {model: {k: v for k, v in metrics.items() if "wall" not in k and "compile" not in k}
+          for model, metrics in results.items()}
+
+
+def test_sigterm_during_training_checkpoints_exits_and_resumes(tmp_path):
+  cache = tmp_path / "cache"
+  whole = subprocess.run(_command(tmp_path / "whole", cache), cwd=REPO, env=_env(),
+                         capture_output=True, text=True, timeout=900)
+  assert whole.returncode == 0, whole.stderr[-3000:]
+
+  workdir = tmp_path / "preempted"
+  log = open(tmp_path / "preempted.log", "w")
+  process = subprocess.Popen(_command(workdir, cache), cwd=REPO, env=_env(), stdout=log,
+                             stderr=subprocess.STDOUT, text=True)
+  try:
+    deadline = time.monotonic() + 600
+    while not _original_epochs(workdir) and process.poll() is None:
+      assert time.monotonic() < deadline, "no epoch finished in 10 minutes"
+      time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    returncode = process.wait(timeout=600)
+  finally:
+    if process.poll() is None:
+      process.kill()
+    log.close()
+  output = (tmp_path / "preempted.log").read_text()
+  assert returncode == 143, output[-3000:]
+  done = _original_epochs(workdir)
+  assert "preempted (SIGTERM): stopped after epoch" in output and done[-1] <= 3, output[-3000:]
+  assert not (workdir / "results.json").exists()
+  assert os.listdir(workdir / "checkpoints" / "original")  # the stop point is on disk
+
+  resumed = subprocess.run(_command(workdir, cache), cwd=REPO, env=_env(),
+                           capture_output=True, text=True, timeout=900)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  # The rerun trained only the epochs that were left.
+  assert _original_epochs(workdir) == list(range(1, 4))
+  load = lambda path: json.loads((path / "results.json").read_text())
+  assert _comparable(load(workdir)) == _comparable(load(tmp_path / "whole"))

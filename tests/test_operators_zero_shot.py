@@ -17,7 +17,8 @@ import pytest
 import learnable
 import operator_harness
 from hamforget import unlearn
-from hamforget.unlearn import emmn
+from hamforget.data import batches
+from hamforget.unlearn import base, emmn
 
 # Test-time overrides. The defaults are sized for MNIST (3,600 retain images,
 # 28x28, 10 classes); the 8x8 problem has 566 retain images and 5 classes, so
@@ -78,17 +79,7 @@ def test_forgets_the_class(name):
   assert forget_accuracy < 0.2, f"{name}: forget accuracy {forget_accuracy:.3f}"
 
 
-# gkt's student keeps 0.265 retain accuracy on this problem under the suite's 8
-# virtual devices (0.369 on one device), the same before and after the
-# 2026-12-01 reshaping: at chance for the four retained classes. Known, and the
-# subject of the issue on forgetting that works (gkt at chance on the default
-# run); strict, so the fix is noticed.
-_GKT_AT_CHANCE = pytest.mark.xfail(
-    reason="gkt's student stays near chance on retain (issue 10)", strict=True)
-
-
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=_GKT_AT_CHANCE) if n == "gkt" else n for n in OPERATORS])
+@pytest.mark.parametrize("name", OPERATORS)
 def test_keeps_the_rest(name):
   retain_accuracy = operator_harness.accuracy(unlearned(name), learnable.problem().retain)
   assert retain_accuracy > MIN_RETAIN_ACCURACY[name], (
@@ -96,22 +87,41 @@ def test_keeps_the_rest(name):
 
 
 @pytest.mark.parametrize("name", ZERO_SHOT)
-def test_zero_shot_operators_get_no_data(name):
-  """The runner's Access holds no example for a zero-shot operator, so an
-  operator that reached for one would fail: its run (above, on this very
-  Access) proves it never does."""
+def test_zero_shot_operators_get_no_training_example(name):
+  """The runner's Access holds no training example for a zero-shot operator,
+  so an operator that reached for one would fail: its run (above, on this
+  very Access) proves it never does. gkt gets the held-out probe for its
+  reported curve."""
   op = unlearn.get(name)
-  assert op.zero_shot and op.needs == frozenset()
+  assert op.zero_shot and op.needs <= {base.PROBE}
   access = harness.access(name)
   for field in ("retain", "forget", "retain_subset", "val"):
     assert getattr(access, field) is None
     with pytest.raises(PermissionError, match="did not declare"):
       access.require(field)
-  # Nothing in the Access but the forget classes: no array there holds an image.
-  leaves = jax.tree.leaves(access)
+  # Besides the forget classes, the only images are the probe's held-out ones.
+  probe = learnable.problem().val if base.PROBE in op.needs else None
+  assert access.probe is probe
+  leaves = jax.tree.leaves(access.replace(probe=None))
   assert len(leaves) == 1 and leaves[0].shape == (1,)
   _, _, new_variables, _ = harness.run(name)  # ran on this Access
   assert jax.tree.leaves(new_variables)
+
+
+def test_gkt_probe_reaches_the_curve_and_nothing_else():
+  """Another probe (other images, other labels) changes gkt's reported
+  curve and not one bit of the student."""
+  problem = learnable.problem()
+  config = harness.config("gkt")
+  access = harness.access("gkt")
+  other = access.replace(probe=batches.DeviceData(
+      255 - access.probe.images, (access.probe.labels + 1) % learnable.NUM_CLASSES))
+  run = harness.jitted("gkt")
+  student, info = run(problem.variables, access, jax.random.key(3))
+  student_other, info_other = run(problem.variables, other, jax.random.key(3))
+  operator_harness.assert_trees_equal(student, student_other)
+  assert info["curve_retain_accuracy"].shape == (config.num_iterations // config.eval_every,)
+  assert not np.array_equal(info["curve_retain_accuracy"], info_other["curve_retain_accuracy"])
 
 
 def test_unsir_needs_its_subset():

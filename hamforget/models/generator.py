@@ -7,14 +7,18 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 
 class Generator(nn.Module):
-  """Maps z (B, latent) to images (B, H, W, C) in [-1, 1].
+  """Maps z (B, latent) to images (B, H, W, C) in the classifier's input space.
 
   Dense to (H/4, W/4, 2*width), two nearest-neighbour x2 upsamplings with 3x3
-  convs, BatchNorm and LeakyReLU, a 3x3 conv to C channels and tanh. H and W
+  convs, BatchNorm and LeakyReLU, a 3x3 conv to C channels and a final affine
+  BatchNorm, as the zero-shot unlearning reference's generator (Chundawat et
+  al. 2023, after Micaelli and Storkey 2019) ends: each channel comes out
+  standardised and then scaled and shifted by learned parameters, unbounded,
+  so the generator can reach the input statistics the teacher responds to (a
+  tanh saturates there and starves the generator of gradient). H and W
   must be divisible by 4. `conv` is the convolution module: pass the
   classifier's (`hamforget.models.fast_conv` on CPU), since XLA:CPU's own
   gradient convolutions are ~10x slower inside the training scan.
@@ -34,4 +38,4 @@ class Generator(nn.Module):
     for features in (2 * self.width, self.width):
       x = jax.image.resize(x, (x.shape[0], x.shape[1] * 2, x.shape[2] * 2, x.shape[3]), "nearest")
       x = nn.leaky_relu(norm()(self.conv(features, (3, 3))(x)), 0.2)
-    return jnp.tanh(self.conv(c, (3, 3))(x))
+    return norm()(self.conv(c, (3, 3))(x))

@@ -9,7 +9,7 @@ import pytest
 
 import learnable
 from hamforget import train
-from hamforget.unlearn import common, gkt, salun, scrub
+from hamforget.unlearn import common, gkt, neggrad_plus, salun, scrub
 
 FORGET = jnp.array([1], jnp.int32)
 
@@ -97,6 +97,21 @@ def test_the_norm_pulls_noise_to_the_space_s_zero(small_model, space, rest):
   np.testing.assert_allclose(noise, rest, atol=0.1)
 
 
+def test_pixel_noise_stays_in_the_range_of_real_inputs(small_model):
+  """A long, fast error-maximising ascent: "pixels" noise stays inside the
+  normalised image range [-1, 1]; "normalized" noise (unbounded) leaves it."""
+  model, variables, image_shape = small_model
+  labels = jnp.zeros(8, jnp.int32)
+  learn = lambda space: jax.jit(lambda: common.learn_noise(
+      model, variables, labels, -jnp.ones(8), image_shape, 60, 0.5, 0.0, jax.random.key(3),
+      space))()
+  bounded, metrics = learn("pixels")
+  assert float(jnp.min(bounded)) >= -1.0 and float(jnp.max(bounded)) <= 1.0
+  assert metrics["max_cross_entropy"][-1] > metrics["max_cross_entropy"][0]
+  unbounded, _ = learn("normalized")
+  assert float(jnp.max(jnp.abs(unbounded))) > 2.0
+
+
 def test_saliency_mask_selects_the_largest_gradients_and_never_a_zero_one():
   saliency = {"a": jnp.array([0.0, 0.0, 0.0, 0.1]), "b": jnp.array([[5.0, 0.2], [3.0, 0.0]])}
   mask = salun.saliency_mask(saliency, ratio=0.5)
@@ -114,3 +129,17 @@ def test_scrub_schedule_alternates_max_and_min_passes():
   # Each phase walks its own data stream without restarting.
   np.testing.assert_array_equal(phase_step, [0, 1, 0, 1, 2, 2, 3, 3, 4, 5, 6, 7, 8])
   assert phase_step.dtype == np.int32
+
+
+def test_neggrad_ascent_stops_at_the_bound_example_by_example():
+  forget_losses = jnp.array([0.1, 1.0, 3.0, 9.0])
+  bound = 2.0
+  value, (retain_grad, forget_grad) = jax.value_and_grad(
+      neggrad_plus.objective, argnums=(0, 1))(jnp.float32(0.5), forget_losses, 0.9, bound)
+  np.testing.assert_allclose(value, 0.9 * 0.5 - 0.1 * (0.1 + 1.0 + 2.0 + 2.0) / 4, rtol=1e-6)
+  np.testing.assert_allclose(retain_grad, 0.9, rtol=1e-6)
+  # Below the bound each example pushes its loss up (gradient -0.1/4); past it, nothing.
+  np.testing.assert_allclose(forget_grad, [-0.025, -0.025, 0.0, 0.0], rtol=1e-6)
+  # Unbounded (the reference): every example keeps pushing.
+  unbounded = jax.grad(neggrad_plus.objective, argnums=1)(0.5, forget_losses, 0.9, jnp.inf)
+  np.testing.assert_allclose(unbounded, [-0.025] * 4, rtol=1e-6)

@@ -261,12 +261,18 @@ def learn_noise(model, variables, labels: jax.Array, direction: jax.Array,
   """Noise (N, H, W, C) that drives the frozen model's loss on `labels` up or down.
 
   Minimises  mean_i direction_i * CE(f(N_i), labels_i) + weight * mean_i ||N_i||^2
-  with Adam from N ~ normal(0, 1) (drawn with `rng`); direction -1 maximises
-  the error of a sample's label (error-maximising noise), +1 minimises it. The
-  model is in eval mode and its variables are constants. In `space`
-  "normalized" the noise is the model's input and the norm pulls it to the
-  normalisation mean; in "pixels" it is in [0, 1] pixel units (normalised
-  before the model) and the norm pulls it to black.
+  with Adam (drawn with `rng`); direction -1 maximises the error of a sample's
+  label (error-maximising noise), +1 minimises it. The model is in eval mode
+  and its variables are constants. The `space` decides where the noise lives:
+
+  - "normalized": the model's input itself, unbounded, from normal(0, 1); the
+    norm pulls it to the normalisation mean (UNSIR's reference on CIFAR-10).
+  - "pixels": an image in [0, 1] pixel units, sigmoid(u) of a free u from
+    normal(0, 1), normalised as real images are before the model, so it
+    never leaves the range of real inputs ([-1, 1] once normalised). The
+    norm pulls it to black. Unbounded noise drifts to inputs of magnitude ~8
+    within a few steps, and impairing or repairing on such inputs trains the
+    model far from its data.
 
   Returns:
     (noise float32 (N, H, W, C) in the model's input space, metrics
@@ -276,15 +282,19 @@ def learn_noise(model, variables, labels: jax.Array, direction: jax.Array,
   """
   if space not in ("normalized", "pixels"):
     raise ValueError(f"noise space {space!r}: expected 'normalized' or 'pixels'")
-  to_input = (lambda n: (n - 0.5) / 0.5) if space == "pixels" else (lambda n: n)
-  noise = jax.random.normal(rng, (labels.shape[0], *image_shape), jnp.float32)
+  if space == "pixels":
+    as_image = jax.nn.sigmoid                      # free parameter -> pixels in (0, 1)
+    to_input = lambda u: (jax.nn.sigmoid(u) - 0.5) / 0.5
+  else:
+    as_image = to_input = lambda u: u
+  free = jax.random.normal(rng, (labels.shape[0], *image_shape), jnp.float32)
   frozen = jax.lax.stop_gradient(variables)
 
-  def loss_fn(noise, aux, rng, step):
+  def loss_fn(free, aux, rng, step):
     del rng, step
-    logits, _ = train.apply_model(model, frozen, to_input(noise), train=False)
+    logits, _ = train.apply_model(model, frozen, to_input(free), train=False)
     cross_entropy = train.cross_entropy(logits, labels)
-    norm = jnp.sum(jnp.square(noise), axis=(1, 2, 3))
+    norm = jnp.sum(jnp.square(as_image(free)), axis=(1, 2, 3))
     loss = jnp.mean(direction * cross_entropy) + weight * jnp.mean(norm)
     maximising = direction < 0
     mean_over = lambda mask: (jnp.sum(jnp.where(mask, cross_entropy, 0.0))
@@ -293,8 +303,8 @@ def learn_noise(model, variables, labels: jax.Array, direction: jax.Array,
                         "min_cross_entropy": mean_over(~maximising)})
 
   tx = optax.adam(learning_rate)
-  noise, _, _, metrics = train.minimize(loss_fn, noise, None, tx, tx.init(noise), rng, 0, num_steps)
-  return to_input(noise), metrics
+  free, _, _, metrics = train.minimize(loss_fn, free, None, tx, tx.init(free), rng, 0, num_steps)
+  return to_input(free), metrics
 
 
 def fit_classifier(model, variables, sample: SampleFn, num_steps: int, learning_rate: float,

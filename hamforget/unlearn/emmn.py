@@ -57,8 +57,9 @@ from hamforget.unlearn import base, common
 # Class forgetting only, as in the paper: the noise (or the gate) is defined by
 # the forgotten classes, and a group or example request names none.
 REQUEST_KINDS = ("classes",)
-DEFAULTS = {"noise_per_class": 64, "noise_steps": 10, "noise_learning_rate": 0.1,
-            "noise_weight": 0.1, "noise_space": "pixels", "batch_size": 32,
+DEFAULTS = {"noise_per_class": 64, "forget_noise_steps": 10, "retain_noise_steps": 30,
+            "noise_learning_rate": 0.1, "forget_noise_weight": 0.1, "retain_noise_weight": 0.0,
+            "noise_space": "pixels", "batch_size": 32,
             "impair_learning_rate": 1e-3, "impair_epochs": 1, "repair_learning_rate": 1e-3,
             "repair_epochs": 3, "update_batch_stats": False}
 
@@ -82,13 +83,25 @@ def emmn(model, variables, access, request, config, rng):
   per_class = config.noise_per_class
   num_max = num_forget * per_class   # the first num_max samples maximise, the rest minimise
 
-  classes = jnp.concatenate([access.forget_classes.astype(jnp.int32),
-                             class_split(access.forget_classes, access.num_classes)])
-  labels = jnp.repeat(classes, per_class, total_repeat_length=access.num_classes * per_class)
-  direction = jnp.where(jnp.arange(labels.shape[0]) < num_max, -1.0, 1.0)
-  noise, noise_metrics = common.learn_noise(
-      model, variables, labels, direction, access.image_shape, config.noise_steps,
-      config.noise_learning_rate, config.noise_weight, noise_rng, config.noise_space)
+  # Two noises, each learned alone with its own budget: the error-maximising
+  # one for the forget classes (pulled to black by the norm), the
+  # error-minimising one for the retained classes (no norm: it should become
+  # as typical of its class as the model can tell).
+  retained = class_split(access.forget_classes, access.num_classes)
+  forget_labels = jnp.repeat(access.forget_classes.astype(jnp.int32), per_class,
+                             total_repeat_length=num_max)
+  retain_labels = jnp.repeat(retained, per_class, total_repeat_length=num_retained * per_class)
+  max_rng, min_rng = jax.random.split(noise_rng)
+  max_noise, max_metrics = common.learn_noise(
+      model, variables, forget_labels, -jnp.ones(num_max), access.image_shape,
+      config.forget_noise_steps, config.noise_learning_rate, config.forget_noise_weight,
+      max_rng, config.noise_space)
+  min_noise, min_metrics = common.learn_noise(
+      model, variables, retain_labels, jnp.ones(retain_labels.shape[0]), access.image_shape,
+      config.retain_noise_steps, config.noise_learning_rate, config.retain_noise_weight,
+      min_rng, config.noise_space)
+  noise = jnp.concatenate([max_noise, min_noise])
+  labels = jnp.concatenate([forget_labels, retain_labels])
 
   impair_sample, impair_size = common.mixed_batch(noise, labels, 1, None, config.batch_size)
   impair_steps = config.impair_epochs * batches.steps_per_epoch(impair_size, config.batch_size)
@@ -104,11 +117,12 @@ def emmn(model, variables, access, request, config, rng):
       config.update_batch_stats, repair_rng)
 
   info = {
-      **common.impair_repair_info(noise_metrics, impair_metrics, repair_metrics,
-                                  labels.shape[0], config.noise_steps),
+      **common.impair_repair_info(max_metrics, impair_metrics, repair_metrics,
+                                  labels.shape[0], config.forget_noise_steps),
       "examples_seen": jnp.int32(0),  # zero-shot: no training example exists here
       "noise_seen": jnp.int32((impair_steps + repair_steps) * config.batch_size),
-      "max_noise_cross_entropy": noise_metrics["max_cross_entropy"],
-      "min_noise_cross_entropy": noise_metrics["min_cross_entropy"],
+      "max_noise_cross_entropy": max_metrics["max_cross_entropy"],
+      "min_noise_cross_entropy": min_metrics["min_cross_entropy"],
+      "retain_noise_loss": min_metrics["loss"],
   }
   return repaired, info

@@ -86,6 +86,7 @@ FRACTION_OPEN = _number(0, 1, lower_open=True)        # (0, 1)
 FRACTION_SPLIT = _number(0, 1)                        # [0, 1)
 FRACTION_SHARE = _number(0, 1, lower_open=True, upper_open=False)  # (0, 1]
 EPOCHS = _number(1, integer=True)
+AT_LEAST_TWO = _number(2, integer=True)               # folds, examples to cross-validate
 
 
 def _one_of(choices) -> tuple[Callable, str]:
@@ -220,8 +221,10 @@ def _check_unlearn(config, problems: _Problems) -> None:
 def _check_evaluate(evaluate, problems: _Problems) -> None:
   for key, rule in (("batch_size", POSITIVE_INT), ("relearn_batch_size", POSITIVE_INT),
                     ("relearn_learning_rate", POSITIVE), ("relearn_steps", COUNT),
-                    ("mia_splits", POSITIVE_INT), ("mia_test_size", FRACTION_OPEN),
-                    ("population_batch", COUNT)):
+                    ("mia_splits", AT_LEAST_TWO), ("mia_min_examples", AT_LEAST_TWO),
+                    ("mia_powered_examples", COUNT), ("ci_level", FRACTION_OPEN),
+                    ("ci_resamples", POSITIVE_INT),
+                    ("relearn_retain_examples", COUNT), ("population_batch", COUNT)):
     problems.check(evaluate, "evaluate", key, rule)
   population = evaluate.get("challenge_population", 0)
   if not (_is_int(population) and (population == 0 or population >= 3)):

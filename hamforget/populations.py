@@ -24,20 +24,33 @@ def population_batch(batch: int, size: int, platform: str) -> int:
   return min(batch, size)
 
 
+def population_size(config, name: str, reference: str = "retrain") -> int:
+  """Seeds of `name`'s population: M = `evaluate.challenge_population`, 2M for the reference.
+
+  The reference's two halves are the challenge's reference population and a
+  population scored against it like an operator's (`suite.pair_populations`),
+  so every row is scored M against M.
+  """
+  size = config.evaluate.challenge_population
+  return 2 * size if name == reference else size
+
+
 def build_populations(config, model, original, data: ExperimentData, names, rng,
-                      store: ModelStore | None = None, remake: bool = False) -> dict:
-  """Each model of `names` rerun with `config.evaluate.challenge_population` seeds.
+                      store: ModelStore | None = None, remake: bool = False,
+                      reference: str = "retrain") -> dict:
+  """Each model of `names` rerun with `population_size` seeds (2M for `reference`).
 
   A finished population is saved to `store` (as `population_<name>`) and
   reused by a restarted run of the same config, unless `remake` (a new
-  original). Returns name -> variables stacked over a leading axis of M seeds.
+  original). Returns name -> variables stacked over a leading axis of seeds.
   """
-  size = config.evaluate.challenge_population
-  batch = population_batch(config.evaluate.population_batch, size, jax.default_backend())
-  like = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct((size, *x.shape), x.dtype, sharding=x.sharding), original)
   populations = {}
   for name in names:
+    size = population_size(config, name, reference)
+    batch = population_batch(config.evaluate.population_batch, size, jax.default_backend())
+    like = jax.tree.map(
+        lambda x, size=size: jax.ShapeDtypeStruct((size, *x.shape), x.dtype,
+                                                  sharding=x.sharding), original)
     key = f"population_{name}"
     fingerprint = f"{model_fingerprint(config, name, data.fingerprint)}-{size}"
     finished = None if store is None or remake else store.load(key, like, fingerprint)

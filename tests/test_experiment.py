@@ -68,7 +68,7 @@ def test_ham10000_run_on_the_published_layout_writes_every_output(tmp_path):
   workdir = tmp_path / "run"
   results = _run(config, workdir)
 
-  assert set(results) == {"original", "retrain", "finetune"}
+  assert set(results) == {"original", "retrain", "retrain_seed2", "finetune"}  # + noise floor
   for name in ("config.json", "splits.csv", "metrics.jsonl", "timings.json", "results.json",
                "results.csv", "results.md", "loss_histograms.png", "per_class_accuracy.png",
                "relearning_curves.png", "attack_accuracy.png", "per_example_finetune.npz"):
@@ -122,7 +122,7 @@ def test_short_mnist_training_is_well_above_chance_and_runs_a_new_operator_file(
   results = _run(config, tmp_path / "run")
   assert results["original"]["acc_test"] > 0.6  # chance is 0.1
   # The run used the new operator's output: the original, changed by it.
-  assert set(results) == {"original", "retrain", probe_operator}
+  assert set(results) == {"original", "retrain", "retrain_seed2", probe_operator}
   assert results[probe_operator]["loss_test_mean"] != results["original"]["loss_test_mean"]
   # The retrained model never saw digit 0 and cannot name it.
   assert results["retrain"]["acc_forget"] < 0.05
@@ -167,6 +167,13 @@ def test_population_members_are_the_seeds_runs_however_many_are_vmapped(tmp_path
     for i in range(3):
       assert distance(members[batch][i], members[1][i]) < 1e-4
   assert distance(members[1][0], members[1][1]) > 0.1
+
+
+def test_retrain_population_is_twice_the_others_for_like_for_like_scoring():
+  config = mnist.get_config("challenge")
+  size = config.evaluate.challenge_population
+  assert populations.population_size(config, "retrain") == 2 * size  # reference + scored half
+  assert populations.population_size(config, "finetune") == size
 
 
 def test_population_batch_defaults_to_the_platform():

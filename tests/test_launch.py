@@ -24,7 +24,7 @@ def test_main_prints_the_table_and_reuses_compiled_programs(tmp_path):
   header = done.stdout.splitlines()[0].split()
   assert header[:3] == ["model", "acc_retain", "acc_forget"]
   assert [line.split()[0] for line in done.stdout.splitlines()[1:] if line.strip()] == [
-      "original", "retrain"]
+      "original", "retrain", "retrain_seed2"]
   compiled = set(os.listdir(cache / "jax"))
   assert compiled
   # A fresh workdir reruns every model: each program comes from the

@@ -13,8 +13,8 @@ from hamforget.evaluate import metric_names
 
 CLASSES = ("akiec", "bcc", "mel", "nv")
 MODELS = ("original", "retrain", "finetune", "scrub")
-SEED_HEADER = ("| Model | Attack Accuracy | Initial Loss | Final Loss | Test Loss mean (std) "
-               "| Forget Loss mean (std) |")
+SEED_HEADER = ("| Model | Attack Accuracy | Retain Loss mean (std) | Test Loss mean (std) "
+               "| Forget Loss mean (std) | Attack n a side |")
 
 
 def _inputs():
@@ -24,9 +24,14 @@ def _inputs():
   results = {}
   for i, model in enumerate(MODELS):
     row = {name: float(rng.uniform(0, 1)) for name in names}
-    row.update(mia_acc=0.5 + 0.1 * i, loss_initial=1.5 + i, loss_final=0.1 * i,
-               loss_test_mean=0.6, loss_test_std=0.25, ain=float("nan"), steps=120.0 * (i + 1))
+    row.update(mia_acc=0.5 + 0.1 * i, mia_acc_ci_low=0.45 + 0.1 * i,
+               mia_acc_ci_high=0.55 + 0.1 * i, loss_initial=1.5 + i, loss_final=0.1 * i,
+               loss_retain_mean=0.05, loss_retain_std=0.01, loss_test_mean=0.6,
+               loss_test_std=0.25, mia_examples=40.0, mia_underpowered=1.0,
+               ain=float("nan"), steps=120.0 * (i + 1), gap_to_retrain=[0.3, 0.0, 0.2, 0.1][i],
+               over_forgetting=0.0)
     results[model] = row
+  results["finetune"]["loss_forget_mean"] = float("inf")  # shown, not dropped
   sizes = {"retain": 40, "forget": 12, "test": 20}
   per_example = {
       model: {split: {"loss": rng.exponential(1.0, n),
@@ -70,11 +75,37 @@ def test_results_md_opens_with_the_seed_table(written):
   retrain_row = lines[header + 2]
   row = results["retrain"]
   forget = f"{row['loss_forget_mean']:.4f} ({row['loss_forget_std']:.4f})"
-  assert retrain_row == f"| retrain | 0.6000 | 2.5000 | 0.1000 | 0.6000 (0.2500) | {forget} |"
-  assert lines[header + 3].startswith("| finetune | 0.7000 |")
-  assert lines[header + 4] == ""  # only retrain and finetune in the seed's table
-  full = lines.index("| Model | " + " | ".join(report.MAIN_METRICS) + " |")
+  # The losses are each model's cross-entropy at evaluation, not its run's curve.
+  assert retrain_row == (f"| retrain | 0.6000 [0.550, 0.650] | 0.0500 (0.0100) | 0.6000 (0.2500) "
+                         f"| {forget} | 40 |")
+  assert lines[header + 3].startswith("| finetune | 0.7000 [0.650, 0.750] | ")
+  assert "| inf (" in lines[header + 3]
+  assert lines[header + 4] == ""  # only retrain and finetune (no noise floor here)
+  assert any("underpowered at this size" in line and "40 forget" in line for line in lines)
+  # Columns missing for every model (ain here) are left out of the full table.
+  shown = [m for m in report.MAIN_METRICS if m != "ain"]
+  full = lines.index("| Model | " + " | ".join(shown) + " |")
   assert [line.split(" | ")[0] for line in lines[full + 2:full + 6]] == [f"| {m}" for m in MODELS]
+
+
+def test_results_md_ranks_models_by_gap_to_retrain(written):
+  workdir, _, _, _, _ = written
+  lines = (workdir / "results.md").read_text().splitlines()
+  header = lines.index("| Rank | Model | gap_to_retrain | " + " | ".join(report.RANK_METRICS)
+                       + " |")
+  ranked = [line.split(" | ")[1] for line in lines[header + 2:header + 5]]
+  assert ranked == ["scrub", "finetune", "original (no unlearning)"]  # retrain is the reference
+
+
+def test_ranking_marks_the_noise_floor_and_a_censored_ain():
+  results, _, _ = _inputs()
+  results["retrain_seed2"] = {**results["retrain"], "gap_to_retrain": 0.15}
+  assert "| 2 | retrain_seed2 (noise floor" in report.ranking_table(results)
+  results["scrub"].update(ain=2.5, ain_censored=1.0)
+  results["finetune"].update(ain=float("nan"), ain_censored=2.0)
+  assert report._cell(results["scrub"], "ain") == ">= 2.500"
+  assert report._cell(results["finetune"], "ain") == "budget ran out"
+  assert any("AIN is a bound" in line for line in report.notes(results))
 
 
 def test_per_example_arrays_load_without_pickle(written):

@@ -17,25 +17,45 @@ def evaluate_config() -> ml_collections.ConfigDict:
   # the relearning subset and batches, the random model of ZRF.
   config.seed = 0
 
-  # Membership-inference attack (NeurIPS 2023 challenge starting kit):
-  # logistic regression on per-example loss, forget vs as many test examples.
-  config.mia_splits = 10         # StratifiedShuffleSplit repetitions
-  config.mia_test_size = 0.1     # held-out share of each split (sklearn's default)
-  config.mia_min_examples = 5    # per side; below it the attack is NaN (too few to split)
+  # 95% intervals of every headline metric: percentile bootstrap over the
+  # examples (and seeds, where populations exist); `hamforget.evaluate.intervals`.
+  config.ci_level = 0.95
+  config.ci_resamples = 1000
+
+  # Membership-inference attack (NeurIPS 2023 challenge starting kit): logistic
+  # regression on per-example loss, forget vs as many test examples of the same
+  # classes (`hamforget.evaluate.attack`), every example scored out of fold.
+  config.mia_splits = 10         # folds of the cross-validation (at most the examples a side)
+  config.mia_min_examples = 2    # per side; below it the attack is NaN (nothing to cross-validate)
+  config.mia_powered_examples = 100  # per side; below it the attack is flagged underpowered
+
+  # Over-forgetting: forget examples whose loss far exceeds that of unseen
+  # test examples of the same classes stand out to an attacker as much as
+  # remembered ones. Flagged when the interval of the gap lies above this (nats).
+  config.over_forgetting_nats = 1.0
+
+  # Noise floor: a second retrain from another seed ("retrain_seed2"), measured
+  # like an operator, shows how far retraining lands from itself. It costs one
+  # more retraining.
+  config.noise_floor = True
 
   # Anamnesis Index (Chundawat et al. 2023): relearning steps to regain
-  # (1 - alpha) of the original's forget accuracy, unlearned over retrained.
+  # (1 - alpha) of the original's forget accuracy, unlearned over retrained,
+  # counted from 1 as the reference counts (`hamforget.evaluate.anamnesis`).
   config.anamnesis = True
   config.anamnesis_alpha = 0.05
-  config.relearn_steps = 100          # budget of Adam steps; NaN when it runs out
+  config.relearn_steps = 100          # budget of Adam steps; past it a count is a bound
   config.relearn_learning_rate = 1e-3
   config.relearn_batch_size = 32
   config.relearn_examples = 256       # forget examples relearned on (0 = all)
   config.relearn_holdout_examples = 0 # held-out forget-class examples measured (0 = all)
+  config.relearn_retain_examples = 128  # held-out retained-class examples measured too (0 = all)
 
   # NeurIPS 2023 unlearning challenge forgetting quality: models per population
-  # (retrain and each operator run over this many seeds by the runner; the
-  # score needs at least 3). 0 = off: it costs that many extra trainings.
+  # (each operator run over this many seeds by the runner, retrain over twice
+  # as many: half the reference, half scored like an operator, so every row is
+  # scored M against M; the score needs M >= 3). 0 = off: it costs extra
+  # trainings (2M retrains, M runs of each operator).
   config.challenge_population = 0
   # Seeds trained at once in one `vmap`; the runner scans over groups of this
   # many (`lax.map`), still one program. 0 = auto: every seed at once on an

@@ -1,26 +1,33 @@
 """Every metric of the results table, one registered function each (see `registry`).
 
 "retrain" is the reference: a metric is good when it is close to the retrained
-model's value, not when it is low. Accuracies are fractions in [0, 1]; losses
-are cross-entropies in nats; divergences are Jensen-Shannon divergences in
-nats, in [0, ln 2]. The order of this file is the order of the table's columns.
+model's value, not when it is low; "retrain_seed2" (a second retraining, when
+`evaluate.noise_floor`) shows how close retraining comes to itself. Accuracies
+are fractions in [0, 1]; losses are cross-entropies in nats; divergences are
+Jensen-Shannon divergences in nats, in [0, ln 2]. Headline metrics come with
+`<name>_ci_low` / `<name>_ci_high`, the ends of their `evaluate.ci_level`
+(95%) bootstrap interval over the examples (`intervals`). The order of this
+file is the order of the table's columns.
 
-The math on arrays lives in `metrics` and `challenge`; the model-dependent
-work (logits, relearning curves, populations) is done once by `suite`.
+The math on arrays lives in `metrics`, `attack`, `anamnesis`, `intervals` and
+`challenge`; the model-dependent work (logits, relearning curves, populations)
+is done once by `suite`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from hamforget.evaluate import challenge, metrics
-from hamforget.evaluate.registry import CLASS, NAN, Context, metric
+from hamforget.evaluate import anamnesis, attack, challenge, intervals, metrics
+from hamforget.evaluate.registry import CLASS, NAN, Context, metric, summary
 
 # The splits measured by balanced and per-class accuracy.
 _SPLITS = ("retain", "forget", "test")
+# The accuracies and attack whose mean absolute gap to retrain is `gap_to_retrain`.
+GAP_METRICS = ("acc_retain", "acc_forget", "acc_test", "mia_acc")
 
 
 def _cost(costs: Mapping[str, Any], key: str) -> float:
@@ -32,29 +39,93 @@ def _ratio(a: float, b: float) -> float:
   return a / b if b and not math.isnan(b) else NAN
 
 
+def _with_intervals(docs: Mapping[str, str], *, only: Optional[tuple[str, ...]] = None
+                    ) -> dict[str, str]:
+  """`docs` with `<name>_ci_low` / `<name>_ci_high` documented after each name (or `only`)."""
+  out = {}
+  for name, doc in docs.items():
+    out[name] = doc
+    if only is None or name in only:
+      out[f"{name}_ci_low"] = f"lower end of the evaluate.ci_level (95%) interval of {name}"
+      out[f"{name}_ci_high"] = f"upper end of the evaluate.ci_level (95%) interval of {name}"
+  return out
+
+
+def _interval(name: str, value: float, low_high: tuple[float, float]) -> dict[str, float]:
+  return {name: value, f"{name}_ci_low": low_high[0], f"{name}_ci_high": low_high[1]}
+
+
+def _mean_with_interval(name: str, values: np.ndarray, config) -> dict[str, float]:
+  """{name: mean of values (N,), and its bootstrap interval}; NaN for no values."""
+  values = np.asarray(values, np.float64)
+  mean = float(np.mean(values)) if values.size else NAN
+  return _interval(name, mean, intervals.mean_interval(
+      values, num_resamples=config.ci_resamples, level=config.ci_level, seed=config.seed))
+
+
 # ----------------------------------------------------------------------------
 # Accuracy.
 
-@metric({
-    "acc_retain": "accuracy on the retain set (training examples kept)",
-    "acc_forget": "accuracy on the forget set (training examples to forget)",
-    "acc_test": "accuracy on the test split",
+@metric(_with_intervals({
+    "acc_retain": "accuracy on the retain set (training examples kept); where populations "
+                  "exist its interval is over seeds and examples",
+    "acc_forget": "accuracy on the forget set (training examples to forget); interval as "
+                  "acc_retain",
+    "acc_test": "accuracy on the test split; interval as acc_retain",
     "acc_val": "accuracy on the validation split",
-})
+}))
 def accuracy(c: Context) -> dict[str, float]:
-  return {f"acc_{split}": metrics.accuracy(out["logits"], out["labels"])
-          for split, out in c.outputs.items() if split in (*_SPLITS, "val")}
+  row = {}
+  own = c.populations[0] if c.populations is not None else None
+  for split, out in c.outputs.items():
+    if split not in (*_SPLITS, "val"):
+      continue
+    correct = metrics.correct(out["logits"], out["labels"])
+    name = f"acc_{split}"
+    if own is not None and f"{split}_correct" in own:
+      # One run's accuracy varies with its seed as well as with the examples.
+      row.update(_interval(name, float(np.mean(correct)) if correct.size else NAN,
+                           intervals.seed_and_example_mean_interval(
+                               own[f"{split}_correct"], num_resamples=c.config.ci_resamples,
+                               level=c.config.ci_level, seed=c.config.seed)))
+    else:
+      row.update(_mean_with_interval(name, correct, c.config))
+  return row
 
 
-@metric({
+def _balanced_accuracy_interval(logits: np.ndarray, labels: np.ndarray, num_classes: int,
+                                config) -> tuple[float, float]:
+  """Bootstrap interval of balanced accuracy: per-class recalls of every resample at once."""
+  labels = np.asarray(labels, np.int64)
+  if labels.size < 2:
+    return NAN, NAN
+  correct = metrics.correct(logits, labels)
+  rng = np.random.default_rng(config.seed)
+  index = intervals.indices(labels.size, config.ci_resamples, rng)
+  # Counts per (resample, class) through one bincount over resample * K + label.
+  cell = (np.arange(config.ci_resamples)[:, None] * num_classes + labels[index]).reshape(-1)
+  size = config.ci_resamples * num_classes
+  counts = np.bincount(cell, minlength=size).reshape(-1, num_classes)
+  hits = np.bincount(cell, weights=correct[index].reshape(-1), minlength=size).reshape(
+      -1, num_classes)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    recalls = np.where(counts > 0, hits / np.maximum(counts, 1), np.nan)
+  return intervals.percentile_interval(np.nanmean(recalls, -1), config.ci_level)
+
+
+@metric(_with_intervals({
     "bal_acc_retain": "balanced accuracy (mean per-class recall over classes present) on retain",
     "bal_acc_forget": "balanced accuracy on the forget set",
     "bal_acc_test": "balanced accuracy on test (HAM10000 is 67% nv: read this, not acc_test)",
-})
+}, only=("bal_acc_test",)))
 def balanced_accuracy(c: Context) -> dict[str, float]:
-  return {f"bal_acc_{split}": metrics.balanced_accuracy(
-      c.outputs[split]["logits"], c.outputs[split]["labels"], len(c.class_names))
-          for split in _SPLITS}
+  num_classes = len(c.class_names)
+  row = {f"bal_acc_{split}": metrics.balanced_accuracy(
+      c.outputs[split]["logits"], c.outputs[split]["labels"], num_classes) for split in _SPLITS}
+  test = c.outputs["test"]
+  row.update(_interval("bal_acc_test", row["bal_acc_test"], _balanced_accuracy_interval(
+      test["logits"], test["labels"], num_classes, c.config)))
+  return row
 
 
 @metric({
@@ -72,46 +143,48 @@ def class_accuracy(c: Context) -> dict[str, float]:
   return row
 
 
-@metric({
+@metric(_with_intervals({
     "acc_test_forget_classes": "class requests: test accuracy on the forgotten classes (else NaN)",
     "acc_test_other_classes": "class requests: test accuracy on the other classes (else NaN)",
-})
+}))
 def forgotten_class_accuracy(c: Context) -> dict[str, float]:
   if not c.forget_classes:
     return {}
   test = c.outputs["test"]
+  correct = metrics.correct(test["logits"], test["labels"])
   forgotten = np.isin(test["labels"], c.forget_classes)
-  return {
-      "acc_test_forget_classes": metrics.accuracy(test["logits"][forgotten],
-                                                  test["labels"][forgotten]),
-      "acc_test_other_classes": metrics.accuracy(test["logits"][~forgotten],
-                                                 test["labels"][~forgotten]),
-  }
+  return {**_mean_with_interval("acc_test_forget_classes", correct[forgotten], c.config),
+          **_mean_with_interval("acc_test_other_classes", correct[~forgotten], c.config)}
 
 
 # ----------------------------------------------------------------------------
-# Losses (the seed's table).
+# Losses (the seed's table): every model's cross-entropy at evaluation, one
+# definition for every row.
 
-@metric({
-    "loss_retain_mean": "mean per-example cross-entropy on retain",
-    "loss_test_mean": "mean per-example cross-entropy on test",
+@metric(_with_intervals({
+    "loss_retain_mean": "mean per-example cross-entropy on retain, at evaluation (nats)",
+    "loss_retain_std": "std of per-example cross-entropy on retain",
+    "loss_test_mean": "mean per-example cross-entropy on test, at evaluation (nats)",
     "loss_test_std": "std of per-example cross-entropy on test",
-    "loss_forget_mean": "mean per-example cross-entropy on forget",
+    "loss_forget_mean": "mean per-example cross-entropy on forget, at evaluation (nats)",
     "loss_forget_std": "std of per-example cross-entropy on forget",
-})
+}, only=("loss_retain_mean", "loss_test_mean", "loss_forget_mean")))
 def losses(c: Context) -> dict[str, float]:
-  row = {"loss_retain_mean": float(np.mean(c.outputs["retain"]["loss"]))}
-  for split in ("test", "forget"):
+  row = {}
+  for split in ("retain", "test", "forget"):
     loss = c.outputs[split]["loss"]
     if len(loss):
-      row[f"loss_{split}_mean"] = float(np.mean(loss))
+      row.update(_mean_with_interval(f"loss_{split}_mean", loss, c.config))
       row[f"loss_{split}_std"] = float(np.std(loss))
   return row
 
 
 @metric({
-    "loss_initial": "training loss at the first step of the run that made the model (runner)",
-    "loss_final": "training loss at the last step of that run (runner)",
+    "loss_initial": "first value of the loss curve of the run that made the model: its own "
+                    "objective (per-epoch training loss for original, retrain and fine-tuning; "
+                    "each operator's loss otherwise, e.g. SCRUB's max steps a negative KL): "
+                    "not comparable across rows; compare loss_*_mean",
+    "loss_final": "last value of that curve (same caveat)",
 })
 def training_losses(c: Context) -> dict[str, float]:
   return {"loss_initial": _cost(c.costs, "initial_loss"),
@@ -121,90 +194,152 @@ def training_losses(c: Context) -> dict[str, float]:
 # ----------------------------------------------------------------------------
 # Membership inference.
 
+def _matched_losses(c: Context) -> tuple[np.ndarray, np.ndarray]:
+  """(forget losses, test losses) of equal size and one class histogram (`attack.class_matched`)."""
+  forget, test = c.outputs["forget"], c.outputs["test"]
+  member, nonmember = attack.class_matched(forget["labels"], test["labels"], c.config.seed)
+  return forget["loss"][member], test["loss"][nonmember]
+
+
+_ATTACK_NAMES = {"acc": "mia_acc", "auc": "mia_auc", "tpr_at_0.01": "mia_tpr_at_1pct_fpr",
+                 "tpr_at_0.05": "mia_tpr_at_5pct_fpr"}
+
+
 @metric({
-    "mia_acc": "attack accuracy, logistic regression on loss, forget vs as many test "
-               "examples (class requests: test examples of the forgotten classes); mean "
-               "over StratifiedShuffleSplit folds; the reference is retrain's value",
-    "mia_acc_std": "std of mia_acc over the folds",
-    "mia_examples": "examples per side of the attack (forget = test)",
+    **_with_intervals({
+        "mia_acc": "membership attack accuracy: logistic regression on loss, forget examples "
+                   "against as many test examples of the same classes (class histograms "
+                   "matched, every request kind), each example scored out of fold by a "
+                   "stratified k-fold; interval refits the attack on resamples; the reference "
+                   "is retrain's value",
+        "mia_auc": "ROC AUC of the loss threshold attack (score = -loss) on the same examples; "
+                   "0.5 = indistinguishable, < 0.5 = forget losses above unseen ones",
+        "mia_tpr_at_1pct_fpr": "true-positive rate of that attack at 1% false positives "
+                               "(at 0% when fewer than 100 test examples a side)",
+        "mia_tpr_at_5pct_fpr": "true-positive rate of that attack at 5% false positives",
+    }),
+    "mia_examples": "examples per side of the attack (forget = test, class-matched)",
+    "mia_underpowered": "1 if a side has fewer than evaluate.mia_powered_examples (100) "
+                        "examples: read the interval, not the value; else 0",
 })
 def loss_attack(c: Context) -> dict[str, float]:
-  test = c.outputs["test"]
-  nonmember = test["loss"]
-  if c.forget_classes:
-    # Against test examples of the same classes: otherwise the attack learns
-    # "is this the forgotten class" (high loss after forgetting), not membership.
-    nonmember = nonmember[np.isin(test["labels"], c.forget_classes)]
-  member = c.outputs["forget"]["loss"]
   config = c.config
-  scores = metrics.membership_attack(
-      member, nonmember, n_splits=config.mia_splits, test_size=config.mia_test_size,
-      seed=config.seed, min_examples=config.mia_min_examples)
-  return {"mia_acc": float(np.mean(scores)), "mia_acc_std": float(np.std(scores)),
-          "mia_examples": float(min(len(member), len(nonmember)))}
+  member, nonmember = _matched_losses(c)
+  n = len(member)
+  row = {"mia_examples": float(n), "mia_underpowered": float(n < config.mia_powered_examples)}
+  if n < config.mia_min_examples:
+    return row
+  scored = attack.loss_attack(member, nonmember, n_splits=config.mia_splits, seed=config.seed,
+                              num_resamples=config.ci_resamples, level=config.ci_level)
+  for key, (value, low, high) in scored.items():
+    row.update(_interval(_ATTACK_NAMES[key], value, (low, high)))
+  return row
 
 
 @metric({
-    "entropy_member_rate": "share of forget examples that a logistic regression on "
-                           "softmax entropy, fit on retain (member) vs test, calls members",
+    **_with_intervals({
+        "loss_gap_forget_test": "mean forget loss - mean loss of the class-matched test "
+                                "examples of the attack (nats); retrain's is near 0",
+    }),
+    "over_forgetting": "1 if the interval of loss_gap_forget_test lies above "
+                       "evaluate.over_forgetting_nats: the forget set stands out by a loss far "
+                       "above that of unseen examples (the Streisand effect), else 0",
 })
+def over_forgetting(c: Context) -> dict[str, float]:
+  member, nonmember = _matched_losses(c)
+  if not len(member):
+    return {}
+  config = c.config
+  low, high = intervals.two_sample_interval(
+      lambda a, b: a.mean(-1) - b.mean(-1), member, nonmember,
+      num_resamples=config.ci_resamples, level=config.ci_level, seed=config.seed)
+  gap = float(np.mean(member) - np.mean(nonmember))
+  flagged = NAN if math.isnan(low) else float(low > config.over_forgetting_nats)
+  return {**_interval("loss_gap_forget_test", gap, (low, high)), "over_forgetting": flagged}
+
+
+@metric(_with_intervals({
+    "entropy_member_rate": "share of forget examples that a logistic regression on softmax "
+                           "entropy, fit on as many retain (member) as test examples, calls "
+                           "members; its interval refits the attack on resamples (with no "
+                           "signal it spans most of [0, 1])",
+}))
 def entropy_attack(c: Context) -> dict[str, float]:
-  return {"entropy_member_rate": metrics.entropy_member_rate(
-      c.outputs["retain"]["logits"], c.outputs["test"]["logits"], c.outputs["forget"]["logits"],
-      seed=c.config.seed, min_examples=c.config.mia_min_examples)}
+  entropies = [metrics.entropy(metrics.softmax(c.outputs[split]["logits"]))
+               for split in ("retain", "test", "forget")]
+  config = c.config
+  if min(len(e) for e in entropies) < config.mia_min_examples:
+    return {}
+  rate = attack.entropy_member_rate(*entropies, seed=config.seed)
+  return _interval("entropy_member_rate", rate, attack.entropy_member_rate_interval(
+      *entropies, seed=config.seed, num_resamples=config.ci_resamples,
+      level=config.ci_level))
 
 
 # ----------------------------------------------------------------------------
 # Anamnesis Index.
 
 @metric({
-    "ain": "Anamnesis Index: relearn_steps of this model / relearn_steps of retrain "
-           "(NaN if either is NaN or retrain needs 0 steps); < 1 = knowledge left",
+    "ain": "Anamnesis Index: relearn_steps of this model / relearn_steps of retrain, counted "
+           "from 1 as the reference; < 1 = knowledge left; a bound where ain_censored says so",
+    "ain_censored": "0 exact; 1 a lower bound (this model ran out of relearning budget); "
+                    "-1 an upper bound (retrain ran out); 2 both ran out (ain NaN: raise "
+                    "evaluate.relearn_steps)",
     "relearn_steps": "Adam steps of relearning until held-out forget accuracy reaches "
-                     "relearn_target (0 = already there; NaN = budget ran out)",
+                     "relearn_target, counted from 1 (the budget when it ran out)",
     "relearn_target": "(1 - alpha) x the original's accuracy on the held-out forget examples",
     "relearn_start_acc": "held-out forget accuracy before relearning",
-    "relearn_met_at_start": "1 if the target was met before any relearning, else 0",
+    "relearn_met_at_start": "1 if the target was met before any relearning, else 0 (when "
+                            "retrain's is 1, the index measures nothing)",
     "relearn_budget_ran_out": "1 if the target was not met within the budget, else 0",
+    "relearn_retain_acc": "accuracy on held-out examples of the retained classes (class "
+                          "requests; test examples otherwise) at the step the target is met",
 })
 def anamnesis_index(c: Context) -> dict[str, float]:
   if c.curve is None or c.original_curve is None:
     return {}
   target = (1.0 - c.config.anamnesis_alpha) * float(c.original_curve[0])
-  retrain_steps = NAN if c.retrain_curve is None else metrics.steps_to_target(
-      c.retrain_curve, target)
-  steps = metrics.steps_to_target(c.curve, target)
-  return {
-      "ain": metrics.anamnesis_index(steps, retrain_steps),
-      "relearn_steps": steps,
-      "relearn_target": target,
-      "relearn_start_acc": float(c.curve[0]),
-      "relearn_met_at_start": float(steps == 0),
-      "relearn_budget_ran_out": float(math.isnan(steps) and not math.isnan(target)),
-  }
+  steps, censored = anamnesis.relearn_steps(c.curve, target)
+  retrain_steps, retrain_censored = ((NAN, False) if c.retrain_curve is None else
+                                     anamnesis.relearn_steps(c.retrain_curve, target))
+  ain, code = anamnesis.anamnesis_index(steps, censored, retrain_steps, retrain_censored)
+  row = {"ain": ain, "ain_censored": code, "relearn_steps": steps, "relearn_target": target,
+         "relearn_start_acc": float(c.curve[0]),
+         "relearn_met_at_start": float(c.curve[0] >= target),
+         "relearn_budget_ran_out": float(censored)}
+  if c.retain_curve is not None and not math.isnan(steps):
+    row["relearn_retain_acc"] = float(c.retain_curve[int(steps)])
+  return row
 
 
 # ----------------------------------------------------------------------------
 # Output distributions.
 
-@metric({
+@metric(_with_intervals({
     "zrf": "Zero Retrain Forgetting: 1 - mean JS(model, randomly initialised model) "
            "on forget, natural log, in [1 - ln 2, 1]; 1 = behaves as an untrained model",
-})
+}))
 def zero_retrain_forgetting(c: Context) -> dict[str, float]:
-  return {"zrf": metrics.zero_retrain_forgetting(c.outputs["forget"]["logits"],
-                                                 c.random_forget_logits)}
+  js = metrics.js_from_logits(c.outputs["forget"]["logits"], c.random_forget_logits)
+  row = _mean_with_interval("zrf", js, c.config)
+  # 1 - JS: the interval's ends swap.
+  return {"zrf": 1.0 - row["zrf"], "zrf_ci_low": 1.0 - row["zrf_ci_high"],
+          "zrf_ci_high": 1.0 - row["zrf_ci_low"]}
 
 
-@metric({
-    "js_to_retrain_forget": "mean JS divergence to retrain's predictions on forget",
+@metric(_with_intervals({
+    "js_to_retrain_forget": "mean JS divergence to retrain's predictions on forget (read "
+                            "against retrain_seed2's: retraining's distance to itself)",
     "js_to_retrain_test": "mean JS divergence to retrain's predictions on test",
-})
+}))
 def divergence_to_retrain(c: Context) -> dict[str, float]:
   if c.retrain is None:
     return {}
-  return {f"js_to_retrain_{split}": metrics.mean_js_from_logits(
-      c.outputs[split]["logits"], c.retrain[split]["logits"]) for split in ("forget", "test")}
+  row = {}
+  for split in ("forget", "test"):
+    js = metrics.js_from_logits(c.outputs[split]["logits"], c.retrain[split]["logits"])
+    row.update(_mean_with_interval(f"js_to_retrain_{split}", js, c.config))
+  return row
 
 
 # ----------------------------------------------------------------------------
@@ -212,12 +347,12 @@ def divergence_to_retrain(c: Context) -> dict[str, float]:
 
 @metric({
     "challenge_forget_quality": "mean points per forget example from its epsilon bin "
-                                "(1, 1/2, 1/4, ...), unlearned vs retrained populations; "
-                                "on retrain's row, half its seeds vs the other half (the "
-                                "value exact unlearning earns at that population size)",
+                                "(1, 1/2, 1/4, ...), M unlearned models against M held-out "
+                                "retrained ones; on retrain's row, M other retrained models "
+                                "against the same M (what exact unlearning earns at that M)",
     "challenge_score": "challenge_forget_quality x (retain acc / retrain's) "
                        "x (test acc / retrain's)",
-    "challenge_population": "models per population used (0 = not computed)",
+    "challenge_population": "models per population used, M (0 = not computed)",
 })
 def challenge_score(c: Context) -> dict[str, float]:
   if c.populations is None:
@@ -254,3 +389,18 @@ def cost(c: Context) -> dict[str, float]:
     row[key] = _cost(c.costs, key)
     row[ratio] = _ratio(row[key], _cost(c.retrain_costs, key))
   return row
+
+
+# ----------------------------------------------------------------------------
+# One summary per model.
+
+@summary({
+    "gap_to_retrain": "mean |value - retrain's value| over acc_retain, acc_forget, acc_test "
+                      "and mia_acc (those defined in both rows): the 'average gap' of SalUn "
+                      "(Fan et al. 2024), as a fraction; 0 = retrain; read against "
+                      "retrain_seed2's (the noise floor)",
+})
+def gap_to_retrain(row: Mapping[str, float], reference: Mapping[str, float]) -> dict[str, float]:
+  gaps = [abs(row[name] - reference[name]) for name in GAP_METRICS
+          if math.isfinite(row.get(name, NAN)) and math.isfinite(reference.get(name, NAN))]
+  return {"gap_to_retrain": float(np.mean(gaps)) if gaps else NAN}

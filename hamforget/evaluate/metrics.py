@@ -1,10 +1,11 @@
-"""Metrics from per-example outputs: accuracies, divergences, attacks, relearning.
+"""Metrics from per-example outputs: accuracies and divergences.
 
 Everything here works on host numpy arrays (logits of shape (N, K) float,
 integer labels (N,)) in float64, so a metric can be recomputed by anyone from
 the saved per-example arrays without JAX. The model-dependent part (logits,
-relearning curves) lives in `suite` and `relearn`; what is reported, in
-`measures`.
+relearning curves) lives in `suite` and `relearn`; the attacks in `attack`,
+the Anamnesis Index in `anamnesis`, intervals in `intervals`; what is
+reported, in `measures`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ def per_example_loss(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
   log_probs = special.log_softmax(np.asarray(logits, np.float64), axis=-1)
   labels = np.asarray(labels, np.int64)
   return -np.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
+
+
+def correct(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+  """Whether each argmax prediction is the label: float64 (..., N) of 0/1 from (..., N, K)."""
+  return (np.argmax(logits, -1) == np.asarray(labels)).astype(np.float64)
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -66,11 +72,16 @@ def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
   return 0.5 * special.rel_entr(p, m).sum(-1) + 0.5 * special.rel_entr(q, m).sum(-1)
 
 
+def js_from_logits(logits_a: np.ndarray, logits_b: np.ndarray) -> np.ndarray:
+  """JS divergence (N,) nats between the softmax outputs of two models on the same examples."""
+  return js_divergence(softmax(logits_a), softmax(logits_b))
+
+
 def mean_js_from_logits(logits_a: np.ndarray, logits_b: np.ndarray) -> float:
   """Mean JS divergence (nats) between the softmax outputs of two models on the same examples."""
   if len(logits_a) == 0:
     return float("nan")
-  return float(np.mean(js_divergence(softmax(logits_a), softmax(logits_b))))
+  return float(np.mean(js_from_logits(logits_a, logits_b)))
 
 
 def zero_retrain_forgetting(model_logits: np.ndarray, random_logits: np.ndarray) -> float:
@@ -85,99 +96,3 @@ def zero_retrain_forgetting(model_logits: np.ndarray, random_logits: np.ndarray)
 def entropy(probs: np.ndarray) -> np.ndarray:
   """Shannon entropy in nats (N,) of rows of probabilities (N, K)."""
   return special.entr(np.asarray(probs, np.float64)).sum(-1)
-
-
-# ----------------------------------------------------------------------------
-# Membership attacks.
-
-def balanced_subsample(a: np.ndarray, b: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-  """Equal-sized (a, b): the larger is subsampled without replacement, order kept.
-
-  Equal sizes keep the attack's chance level at 0.5. Sets already of equal
-  size are returned unchanged, so the attack on them is the kit's exactly.
-  """
-  n = min(len(a), len(b))
-  rng = np.random.default_rng(seed)
-  if len(a) > n:
-    a = a[np.sort(rng.choice(len(a), n, replace=False))]
-  if len(b) > n:
-    b = b[np.sort(rng.choice(len(b), n, replace=False))]
-  return a, b
-
-
-def membership_attack(member_loss: np.ndarray, nonmember_loss: np.ndarray, *,
-                      n_splits: int = 10, test_size: float = 0.1, seed: int = 0,
-                      min_examples: int = 5) -> np.ndarray:
-  """Accuracies (n_splits,) of a loss-threshold attack, as the challenge kit's `simple_mia`.
-
-  The larger side is first subsampled (seeded) to the size of the smaller.
-  Samples are [non-members, members] with labels [0, 1], one feature (the
-  loss); a default `LogisticRegression` is scored by `cross_val_score` over
-  `StratifiedShuffleSplit(n_splits, test_size, random_state=seed)`.
-
-  Returns:
-    float64 (n_splits,); all NaN when a side has fewer than `min_examples`.
-  """
-  from sklearn import linear_model, model_selection  # seconds to import: only when attacking
-
-  member, nonmember = balanced_subsample(np.asarray(member_loss), np.asarray(nonmember_loss), seed)
-  if len(member) < min_examples:
-    return np.full(n_splits, np.nan)
-  samples = np.concatenate([nonmember, member]).astype(np.float64).reshape(-1, 1)
-  labels = np.array([0] * len(nonmember) + [1] * len(member))
-  splitter = model_selection.StratifiedShuffleSplit(
-      n_splits=n_splits, test_size=test_size, random_state=seed)
-  return model_selection.cross_val_score(
-      linear_model.LogisticRegression(), samples, labels, cv=splitter, scoring="accuracy")
-
-
-def entropy_member_rate(retain_logits: np.ndarray, test_logits: np.ndarray,
-                        forget_logits: np.ndarray, *, seed: int = 0,
-                        min_examples: int = 5) -> float:
-  """Share of forget examples called members by an entropy attack fit on retain vs test.
-
-  A logistic regression on softmax entropy learns members (retain, label 1)
-  from non-members (test, label 0) on equal numbers of each (the larger
-  subsampled, seeded), then labels the forget set. A model that forgot should
-  score near retrain's rate. NaN when a side has fewer than `min_examples`.
-  """
-  from sklearn import linear_model  # seconds to import: only when attacking
-
-  member = entropy(softmax(retain_logits))
-  nonmember = entropy(softmax(test_logits))
-  member, nonmember = balanced_subsample(member, nonmember, seed)
-  if len(member) < min_examples or len(forget_logits) == 0:
-    return float("nan")
-  samples = np.concatenate([nonmember, member]).reshape(-1, 1)
-  labels = np.array([0] * len(nonmember) + [1] * len(member))
-  attack = linear_model.LogisticRegression().fit(samples, labels)
-  return float(np.mean(attack.predict(entropy(softmax(forget_logits)).reshape(-1, 1)) == 1))
-
-
-# ----------------------------------------------------------------------------
-# Anamnesis Index.
-
-def steps_to_target(curve: np.ndarray, target: float) -> float:
-  """First index of `curve` (accuracy after 0, 1, ... steps) at or above `target`.
-
-  Returns:
-    the number of relearning steps needed (0 = met before relearning), or NaN
-    when the curve never reaches the target (the budget ran out) or the target
-    is NaN.
-  """
-  curve = np.asarray(curve)
-  if np.isnan(target) or curve.size == 0:
-    return float("nan")
-  reached = np.flatnonzero(curve >= target)
-  return float(reached[0]) if reached.size else float("nan")
-
-
-def anamnesis_index(model_steps: float, retrain_steps: float) -> float:
-  """AIN = model's relearning steps / retrained model's; NaN when undefined.
-
-  Undefined when either count is NaN (budget ran out) or the retrained model
-  needs 0 steps (it already knows the forgotten data, so nothing was erased).
-  """
-  if np.isnan(model_steps) or np.isnan(retrain_steps) or retrain_steps == 0:
-    return float("nan")
-  return float(model_steps / retrain_steps)

@@ -10,9 +10,14 @@ documentation of every name it may return:
       top2 = np.argsort(forget["logits"], -1)[:, -2:]
       return {"acc_forget_top2": float(np.mean(np.any(top2 == forget["labels"][:, None], -1)))}
 
+A summary is a function of a finished row and retrain's row, registered
+with `@summary` the same way (e.g. the mean gap to retrain); it runs after
+every metric of every model (`summarise`).
+
 `METRICS` (name -> documentation) and the table's column order follow the
-order of registration. Names containing `CLASS` stand for one metric per class
-name. Nothing here imports JAX: `configs/` and `report` read it cheaply.
+order of registration, metrics before summaries. Names containing `CLASS`
+stand for one metric per class name. Nothing here imports JAX: `configs/` and
+`report` read it cheaply.
 """
 
 from __future__ import annotations
@@ -48,9 +53,12 @@ class Context:
       ..., budget relearning steps of this model and of the references
       (`relearn.relearn_curve`); None when the Anamnesis Index is off or not
       computable.
+    retain_curve: this model's accuracy on held-out examples of the retained
+      classes at the same steps; None like `curve`.
     populations: for the NeurIPS 2023 challenge score, (this model's
       population, the retrained population), each {"forget_logits" (M, N, K),
-      "retain_acc" (M,), "test_acc" (M,)}; None without populations.
+      "retain_acc" (M,), "test_acc" (M,), "<split>_correct" (M, N_split) 0/1
+      for retain, forget and test}; None without populations.
     config: the `config.evaluate` section (`evaluate.config`).
   """
   name: str
@@ -65,23 +73,48 @@ class Context:
   curve: Any
   original_curve: Any
   retrain_curve: Any
+  retain_curve: Any
   populations: Optional[tuple[Mapping[str, Any], Mapping[str, Any]]]
   config: Any
 
 
 MetricFn = Callable[[Context], Mapping[str, float]]
+# (this model's row, retrain's row) -> {name: float}.
+SummaryFn = Callable[[Mapping[str, float], Mapping[str, float]], Mapping[str, float]]
 
 
 @dataclasses.dataclass(frozen=True)
 class _Registered:
-  fn: MetricFn
+  fn: Callable
   docs: Mapping[str, str]
 
 
 # In registration order, which is the order of every result row.
 _REGISTERED: list[_Registered] = []
+_SUMMARIES: list[_Registered] = []
 # Every documented name -> its documentation; derived from the registrations.
+_METRIC_DOCS: dict[str, str] = {}
+_SUMMARY_DOCS: dict[str, str] = {}
 METRICS: dict[str, str] = {}
+
+
+def _rebuild() -> None:
+  METRICS.clear()
+  METRICS.update(_METRIC_DOCS)
+  METRICS.update(_SUMMARY_DOCS)
+
+
+def _registrar(kind: str, into: list[_Registered], docs_of: dict[str, str],
+               docs: Mapping[str, str]):
+  def register(fn):
+    taken = sorted(set(docs) & set(METRICS))
+    if taken:
+      raise ValueError(f"{fn.__qualname__}: {kind} {taken} are already registered")
+    into.append(_Registered(fn, dict(docs)))
+    docs_of.update(docs)
+    _rebuild()
+    return fn
+  return register
 
 
 def metric(docs: Mapping[str, str]) -> Callable[[MetricFn], MetricFn]:
@@ -90,22 +123,26 @@ def metric(docs: Mapping[str, str]) -> Callable[[MetricFn], MetricFn]:
   Raises:
     ValueError: a name is already documented by another metric.
   """
-  def register(fn: MetricFn) -> MetricFn:
-    taken = sorted(set(docs) & set(METRICS))
-    if taken:
-      raise ValueError(f"{fn.__qualname__}: metrics {taken} are already registered")
-    _REGISTERED.append(_Registered(fn, dict(docs)))
-    METRICS.update(docs)
-    return fn
-  return register
+  return _registrar("metrics", _REGISTERED, _METRIC_DOCS, docs)
 
 
-def unregister(fn: MetricFn) -> None:
-  """Removes a metric registered with `metric` (tests use it to clean up)."""
-  for registered in [r for r in _REGISTERED if r.fn is fn]:
-    _REGISTERED.remove(registered)
-    for name in registered.docs:
-      del METRICS[name]
+def summary(docs: Mapping[str, str]) -> Callable[[SummaryFn], SummaryFn]:
+  """Registers a summary: a function of (row, retrain's row), run after every metric.
+
+  Raises:
+    ValueError: a name is already documented by another metric or summary.
+  """
+  return _registrar("metrics", _SUMMARIES, _SUMMARY_DOCS, docs)
+
+
+def unregister(fn: Callable) -> None:
+  """Removes a metric or summary registered here (tests use it to clean up)."""
+  for into, docs_of in ((_REGISTERED, _METRIC_DOCS), (_SUMMARIES, _SUMMARY_DOCS)):
+    for registered in [r for r in into if r.fn is fn]:
+      into.remove(registered)
+      for name in registered.docs:
+        del docs_of[name]
+  _rebuild()
 
 
 def _expand(names, class_names: Sequence[str]) -> list[str]:
@@ -140,3 +177,26 @@ def measure(context: Context) -> dict[str, float]:
                          f"document: {sorted(undocumented)}")
     row.update(values)
   return {name: float(row.get(name, NAN)) for name in metric_names(context.class_names)}
+
+
+def summarise(row: Mapping[str, float],
+              reference: Optional[Mapping[str, float]]) -> dict[str, float]:
+  """`row` with every registered summary filled in against `reference` (retrain's row).
+
+  Without a reference the summaries stay NaN. Retrain's own row is
+  summarised against itself.
+
+  Raises:
+    RuntimeError: a summary returned a name its registration does not document.
+  """
+  row = dict(row)
+  if reference is None:
+    return row
+  for registered in _SUMMARIES:
+    values = registered.fn(row, reference)
+    undocumented = set(values) - set(registered.docs)
+    if undocumented:
+      raise RuntimeError(f"{registered.fn.__qualname__} returned metrics its @summary does not "
+                         f"document: {sorted(undocumented)}")
+    row.update({name: float(value) for name, value in values.items()})
+  return row

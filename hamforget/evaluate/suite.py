@@ -88,51 +88,107 @@ def relearn_sets(splits: Mapping[str, DeviceData], request,
 
 def _population_outputs(model, stacked: Variables, splits: Mapping[str, DeviceData],
                         batch_size: int) -> dict[str, np.ndarray]:
-  """Forget logits (M, N, K) and retain/test accuracies (M,) of a population of models.
+  """What the challenge score and the seed intervals need of a population of M models.
 
   A Python loop over members with the one jitted `_predict`: no new program
   to compile, and memory of one model's activations at a time.
+
+  Returns:
+    {"forget_logits": (M, N, K), "retain_acc", "test_acc": (M,), and
+     "<split>_correct": (M, N_split) 0/1 for retain, forget and test}.
   """
   size = jax.tree.leaves(stacked)[0].shape[0]
-  forget_logits, retain_acc, test_acc = [], [], []
+  out = {key: [] for key in ("forget_logits", "retain_acc", "test_acc", "retain_correct",
+                             "forget_correct", "test_correct")}
   for i in range(size):
     member = jax.tree.map(lambda x: x[i], stacked)
-    forget_logits.append(model_outputs(model, member, splits["forget"], batch_size)["logits"])
-    for split, accs in (("retain", retain_acc), ("test", test_acc)):
-      out = model_outputs(model, member, splits[split], batch_size)
-      accs.append(metrics.accuracy(out["logits"], out["labels"]))
-  return {"forget_logits": np.stack(forget_logits), "retain_acc": np.asarray(retain_acc),
-          "test_acc": np.asarray(test_acc)}
+    for split in ("retain", "forget", "test"):
+      outputs = model_outputs(model, member, splits[split], batch_size)
+      correct = metrics.correct(outputs["logits"], outputs["labels"])
+      out[f"{split}_correct"].append(correct)
+      if split == "forget":
+        out["forget_logits"].append(outputs["logits"])
+      else:
+        out[f"{split}_acc"].append(float(np.mean(correct)) if correct.size else np.nan)
+  return {key: np.stack(values) if key.endswith(("logits", "correct")) else np.asarray(values)
+          for key, values in out.items()}
+
+
+def retain_holdout_set(splits: Mapping[str, DeviceData], request, config) -> DeviceData:
+  """Held-out examples of the retained classes, measured at every relearning step.
+
+  Class requests: `config.relearn_retain_examples` test examples of the other
+  classes (0 = all); other requests: as many test examples (every class is
+  retained). Drawn with `config.seed`; the forget holdout when none is left.
+  """
+  rng = np.random.default_rng(config.seed + 1)
+  labels = np.asarray(splits["test"].labels)
+  candidates = np.arange(len(labels))
+  if request.kind == "classes":
+    candidates = np.flatnonzero(~np.isin(labels, request.classes))
+  chosen = candidates[_first(len(candidates), config.relearn_retain_examples, rng)]
+  if not len(chosen):
+    return relearn_sets(splits, request, config)[1]
+  return splits["test"].take(jnp.asarray(chosen))
 
 
 def _relearn_curves(model, models: Mapping[str, Variables], splits: Mapping[str, DeviceData],
-                    request, config, rng: jax.Array) -> dict[str, np.ndarray]:
-  """Every model's relearning curve, on the same batches; {} when a set is empty."""
+                    request, config, rng: jax.Array, modules: Mapping[str, Any] | None = None
+                    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+  """Every model's relearning curves (forget, retain), on the same batches; {} when a set is empty.
+
+  `modules`: name -> the Flax module of a model that is not `model` (SISA's ensemble).
+  """
+  modules = modules or {}
   relearn, holdout, _ = relearn_sets(splits, request, config)
   if not (relearn.size and holdout.size):
+    return {}, {}
+  retain_holdout = retain_holdout_set(splits, request, config)
+  forget_curves, retain_curves = {}, {}
+  for name, variables in models.items():
+    forget_curve, retain_curve = relearn_lib.relearn_curve(
+        modules.get(name, model), variables, relearn, holdout, retain_holdout, rng,
+        num_steps=int(config.relearn_steps), batch_size=int(config.relearn_batch_size),
+        learning_rate=float(config.relearn_learning_rate), eval_batch_size=int(config.batch_size))
+    forget_curves[name], retain_curves[name] = np.asarray(forget_curve), np.asarray(retain_curve)
+  return forget_curves, retain_curves
+
+
+def pair_populations(outputs: Mapping[str, Mapping[str, np.ndarray]],
+                     retrain_name: str) -> dict[str, tuple[dict, dict]]:
+  """name -> (its population's outputs, the reference's), every pair of one size M.
+
+  Like for like: the retrained population is split in two. Its last M seeds
+  are the reference of every row; its first M are scored against them on
+  retrain's row (what exact unlearning earns at M: a few seeds are easily
+  told apart, so small populations score low whatever the method), and each
+  operator's first M seeds on its own. M is half the retrained population
+  (the runner trains 2 x challenge_population retrains), or the smallest
+  operator population if smaller; below 3 nothing is scored.
+
+  Args:
+    outputs: name -> `_population_outputs` (arrays with a leading seed axis);
+      must hold `retrain_name`.
+  """
+  outputs = dict(outputs)
+  retrained = outputs.pop(retrain_name)
+  total = len(retrained["test_acc"])
+  size = min([total // 2] + [len(own["test_acc"]) for own in outputs.values()])
+  if size < 3:
     return {}
-  return {name: np.asarray(relearn_lib.relearn_curve(
-      model, variables, relearn, holdout, rng, num_steps=int(config.relearn_steps),
-      batch_size=int(config.relearn_batch_size), learning_rate=float(config.relearn_learning_rate),
-      eval_batch_size=int(config.batch_size))) for name, variables in models.items()}
+  first = lambda population: {k: v[:size] for k, v in population.items()}
+  reference = {k: v[total - size:] for k, v in retrained.items()}
+  pairs = {name: (first(own), reference) for name, own in outputs.items()}
+  pairs[retrain_name] = (first(retrained), reference)
+  return pairs
 
 
 def _challenge_populations(model, populations: Mapping[str, Variables],
                            splits: Mapping[str, DeviceData], batch_size: int,
                            retrain_name: str) -> dict[str, tuple[dict, dict]]:
-  """name -> (its population's outputs, the retrained population's) for the challenge score."""
-  outputs = {name: _population_outputs(model, stacked, splits, batch_size)
-             for name, stacked in populations.items()}
-  reference = outputs.pop(retrain_name)
-  pairs = {name: (own, reference) for name, own in outputs.items()}
-  # Retraining scored against itself, half its seeds against the other half:
-  # what exact unlearning earns at that population size (small populations
-  # score low whatever the method: a few seeds are easily told apart).
-  half = len(reference["test_acc"]) // 2
-  if half >= 3:
-    pairs[retrain_name] = ({k: v[:half] for k, v in reference.items()},
-                           {k: v[half:2 * half] for k, v in reference.items()})
-  return pairs
+  """name -> (its population's outputs, the reference's) for the challenge score."""
+  return pair_populations({name: _population_outputs(model, stacked, splits, batch_size)
+                           for name, stacked in populations.items()}, retrain_name)
 
 
 def evaluate_models(model, models: Mapping[str, Variables], splits: Mapping[str, DeviceData],
@@ -140,6 +196,7 @@ def evaluate_models(model, models: Mapping[str, Variables], splits: Mapping[str,
                     costs: Mapping[str, Mapping[str, Any]] | None = None, *,
                     populations: Mapping[str, Variables] | None = None,
                     original_name: str = "original", retrain_name: str = "retrain",
+                    modules: Mapping[str, Any] | None = None,
                     ) -> tuple[dict[str, dict[str, float]],
                                dict[str, dict[str, dict[str, np.ndarray]]], dict[str, np.ndarray]]:
   """Measures every model with every metric of `hamforget.evaluate.METRICS`.
@@ -158,9 +215,13 @@ def evaluate_models(model, models: Mapping[str, Variables], splits: Mapping[str,
     rng: key of the random model of ZRF and of the relearning batches.
     costs: name -> {"wall_s", "steps", "examples_seen", "initial_loss",
       "final_loss"} from the runs that made the models (missing = NaN).
-    populations: optional name -> variables stacked over a leading axis of M
-      seeds (the runner's vmapped runs); with `retrain_name` and another name
-      present, that name gets the NeurIPS 2023 challenge score.
+    populations: optional name -> variables stacked over a leading axis of
+      seeds (the runner's vmapped runs); with `retrain_name` present (2M
+      seeds) every name gets the NeurIPS 2023 challenge score, M against M
+      (`pair_populations`), and its accuracies intervals over seeds.
+    modules: optional name -> the Flax module of a model that is not `model`
+      (SISA's ensemble, `hamforget.sisa.ensemble.Ensemble`); it is scored
+      through `module.apply` like any model.
 
   Returns:
     results: name -> {metric: float} with every name of
@@ -169,19 +230,21 @@ def evaluate_models(model, models: Mapping[str, Variables], splits: Mapping[str,
     curves: name -> float32 (relearn_steps + 1,) held-out forget accuracy
       after 0..budget relearning steps (empty when the index is off).
   """
-  costs = costs or {}
+  costs, modules = costs or {}, modules or {}
   batch_size = int(config.batch_size)
   random_rng, relearn_rng = jax.random.split(rng)
-  per_example = {name: {split: model_outputs(model, variables, data, batch_size)
+  per_example = {name: {split: model_outputs(modules.get(name, model), variables, data,
+                                             batch_size)
                         for split, data in splits.items()}
                  for name, variables in models.items()}
   # ZRF's reference: an untrained network of the same architecture.
   random_variables = train.init_variables(model, tuple(splits["forget"].images.shape[1:]),
                                           random_rng)
   random_forget = model_outputs(model, random_variables, splits["forget"], batch_size)["logits"]
-  curves = {}
+  curves, retain_curves = {}, {}
   if config.anamnesis and original_name in models:
-    curves = _relearn_curves(model, models, splits, request, config, relearn_rng)
+    curves, retain_curves = _relearn_curves(model, models, splits, request, config, relearn_rng,
+                                            modules)
   pairs = {}
   if populations and retrain_name in populations:
     pairs = _challenge_populations(model, populations, splits, batch_size, retrain_name)
@@ -193,6 +256,10 @@ def evaluate_models(model, models: Mapping[str, Variables], splits: Mapping[str,
       class_names=tuple(class_names), costs=costs.get(name, {}),
       retrain_costs=costs.get(retrain_name, {}), random_forget_logits=random_forget,
       curve=curves.get(name), original_curve=curves.get(original_name),
-      retrain_curve=curves.get(retrain_name), populations=pairs.get(name), config=config))
+      retrain_curve=curves.get(retrain_name), retain_curve=retain_curves.get(name),
+      populations=pairs.get(name), config=config))
       for name in models}
+  # Summaries read finished rows: retrain's row is every row's reference.
+  reference = results.get(retrain_name)
+  results = {name: registry.summarise(row, reference) for name, row in results.items()}
   return results, per_example, curves

@@ -57,6 +57,10 @@ def model_fingerprint(config: ml_collections.ConfigDict, name: str, data: str) -
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+class DamagedModelError(ValueError):
+  """A stored model cannot be read back as it was saved; the message names the file."""
+
+
 class ModelStore:
   """Finished models under `workdir/models/<name>` (orbax), so restarts skip them.
 
@@ -100,6 +104,40 @@ class ModelStore:
                       name, self._path(name), record_path, digest[:16],
                       str(record.get("sha256"))[:16])
       return None
+    return variables, record
+
+  def read(self, name: str) -> tuple[Any, dict]:
+    """(variables, record) of the stored model `name`, checked against its checksum.
+
+    For readers without the model's code or config (`launch.verify`): the
+    arrays are restored as saved (shapes and dtypes from orbax's metadata)
+    onto this host's first device, whatever mesh saved them. A run uses
+    `load`, which also checks the fingerprint and shards like its template.
+
+    Raises:
+      DamagedModelError: naming the file, when the record or the arrays are
+        absent or unreadable, or the arrays differ from the record's sha256.
+    """
+    record_path, path = self._path(name) + ".json", self._path(name)
+    try:
+      record = files.read_json(record_path)
+    except (OSError, ValueError) as e:
+      raise DamagedModelError(f"{name}: unreadable record {record_path}: "
+                              f"{files.describe_error(e)}") from e
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    try:
+      metadata = self._checkpointer.metadata(path).item_metadata.tree
+      abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                              metadata)
+      variables = self._checkpointer.restore(path, abstract)
+    except Exception as e:  # pylint: disable=broad-except  # any damage is reported alike
+      raise DamagedModelError(f"{name}: cannot restore {path}: "
+                              f"{files.describe_error(e)}") from e
+    digest = files.tree_digest(variables)
+    if not isinstance(record, dict) or digest != record.get("sha256"):
+      expected = str(record.get("sha256") if isinstance(record, dict) else None)[:16]
+      raise DamagedModelError(f"{name}: the arrays in {path} do not match the checksum in "
+                              f"{record_path} (sha256 {digest[:16]}, expected {expected})")
     return variables, record
 
   def save(self, name: str, variables, record: dict) -> None:

@@ -18,7 +18,8 @@ from PIL import Image
 
 import fixtures
 from configs import hmnist
-from hamforget import checkpoint, experiment, files, records, sharding, workdir_lock
+from hamforget import (checkpoint, experiment, files, records, sharding, superseded,
+                       workdir_lock)
 from hamforget.data import cache
 from hamforget.store import ModelStore
 
@@ -267,6 +268,37 @@ def test_json_lines_tolerate_a_torn_last_line(tmp_path):
     f.write('{"phase": "orig')  # a kill mid-append
   records.append_json_line(path, {"phase": "finetune"})
   assert [r["phase"] for r in records.read_json_lines(path)] == ["original", "finetune"]
+
+
+# -------------------------------------------------------- another config's workdir --
+
+
+def test_a_rerun_with_another_config_sets_the_old_outputs_aside(copy_of, caplog):
+  config, workdir, _ = copy_of
+  old_config = (workdir / "config.json").read_text()
+  old_results = (workdir / "results.json").read_text()
+  before = _phases(workdir)
+  config.unlearn.methods = ()  # finetune dropped: its outputs must not stay beside the new ones
+  with caplog.at_level("WARNING"):
+    results = _run(config, workdir)
+  assert set(results) == set(json.loads(old_results)) - {"finetune"}
+  # The old config's outputs, whole, in one folder; none left at the top level.
+  (aside,) = (workdir / superseded.FOLDER).iterdir()
+  assert (aside / "config.json").read_text() == old_config
+  assert (aside / "results.json").read_text() == old_results
+  assert (aside / "per_example_finetune.npz").exists() and (aside / "audit.json").exists()
+  assert not (workdir / "per_example_finetune.npz").exists()
+  assert set(json.loads((workdir / "results.json").read_text())) == set(results)
+  deletions = json.loads((workdir / "audit.json").read_text())["deletions"]
+  assert [entry["model"] for entry in deletions] == [name for name in results
+                                                     if name != "original"]
+  assert any(str(aside) in m and "per_example_finetune.npz" in m for m in caplog.messages)
+  # The models stay, keyed by what made them: nothing was trained again.
+  assert _phases(workdir) == before
+  assert (workdir / "models" / "finetune.json").exists()
+  # The same config again (a resumed or repeated run) sets nothing aside.
+  assert superseded.set_aside(str(workdir), (workdir / "config.json").read_text()) is None
+  assert len(list((workdir / superseded.FOLDER).iterdir())) == 1
 
 
 # -------------------------------------------------------------- workdir lock --

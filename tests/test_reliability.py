@@ -4,6 +4,7 @@ and a SIGTERM during training checkpoints, exits, and resumes to the same end.""
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 
 from configs import common
-from hamforget import checkpoint, operators, train
+from hamforget import audit, checkpoint, operators, records, train
 from hamforget.data import batches
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -122,12 +123,17 @@ def test_should_stop_checkpoints_the_epoch_and_resume_ends_the_same(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, resumed, whole)
 
 
-def _command(workdir, cache):
-  return [sys.executable, "-m", "launch.main", "--config=configs/mnist.py:local",
-          f"--workdir={workdir}", f"--config.data.cache_dir={cache}",
+def _args(workdir, cache):
+  """The launcher's flags of the runs below: 8x8 MNIST, 3 epochs, finetune for 1 epoch."""
+  return ["--config=configs/mnist.py:local", f"--workdir={workdir}",
+          f"--config.data.cache_dir={cache}",  # compiled programs too: cache/jax
           "--config.train.num_epochs=3", "--config.train.patience=0", "--config.data.limit=400",
           "--config.evaluate.anamnesis=False", "--config.data.image_size=8",
-          "--config.unlearn.methods="]
+          "--config.unlearn.methods=finetune", "--config.unlearn.finetune.num_epochs=1"]
+
+
+def _command(workdir, cache):
+  return [sys.executable, "-m", "launch.main", *_args(workdir, cache)]
 
 
 def _env():
@@ -138,22 +144,39 @@ def _original_epochs(workdir):
   path = workdir / "metrics.jsonl"
   if not path.exists():
     return []
-  lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  lines = records.read_json_lines(str(path))  # a kill may leave a torn line
   return [line["epoch"] for line in lines if line.get("phase") == "original" and "epoch" in line]
+
+
+def _is_clock(key: str) -> bool:
+  """Whether results column `key` measures time (wall_s, wall_ratio_to_retrain, *_s)."""
+  return key.endswith("_s") or "wall" in key or "compile" in key
 
 
 def _comparable(results):
   """results.json without timings (they differ between any two runs)."""
-  return {model: {k: v for k, v in metrics.items() if "wall" not in k and "compile" not in k}
+  return {model: {k: v for k, v in metrics.items() if not _is_clock(k)}
           for model, metrics in results.items()}
 
 
-def test_sigterm_during_training_checkpoints_exits_and_resumes(tmp_path):
-  cache = tmp_path / "cache"
-  whole = subprocess.run(_command(tmp_path / "whole", cache), cwd=REPO, env=_env(),
-                         capture_output=True, text=True, timeout=900)
-  assert whole.returncode == 0, whole.stderr[-3000:]
+def _load_results(workdir):
+  return json.loads((workdir / "results.json").read_text())
 
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+  """(cache, workdir) of an uninterrupted run. The interrupted runs of this
+  module share its cache, so they load the programs it compiled."""
+  root = tmp_path_factory.mktemp("whole")
+  cache = root / "cache"
+  result = subprocess.run(_command(root / "run", cache), cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return cache, root / "run"
+
+
+def test_sigterm_during_training_checkpoints_exits_and_resumes(whole, tmp_path):
+  cache, reference = whole
   workdir = tmp_path / "preempted"
   log = open(tmp_path / "preempted.log", "w")
   process = subprocess.Popen(_command(workdir, cache), cwd=REPO, env=_env(), stdout=log,
@@ -171,8 +194,10 @@ def test_sigterm_during_training_checkpoints_exits_and_resumes(tmp_path):
     log.close()
   output = (tmp_path / "preempted.log").read_text()
   assert returncode == 143, output[-3000:]
-  done = _original_epochs(workdir)
-  assert "preempted (SIGTERM): stopped after epoch" in output and done[-1] <= 3, output[-3000:]
+  stopped = re.search(r"preempted \(SIGTERM\): stopped after epoch (\d+)", output)
+  assert stopped, output[-3000:]
+  # It stopped at the first epoch boundary after the signal, with that epoch saved.
+  assert _original_epochs(workdir) == list(range(1, int(stopped[1]) + 1)), output[-3000:]
   assert not (workdir / "results.json").exists()
   assert os.listdir(workdir / "checkpoints" / "original")  # the stop point is on disk
 
@@ -181,5 +206,57 @@ def test_sigterm_during_training_checkpoints_exits_and_resumes(tmp_path):
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   # The rerun trained only the epochs that were left.
   assert _original_epochs(workdir) == list(range(1, 4))
-  load = lambda path: json.loads((path / "results.json").read_text())
-  assert _comparable(load(workdir)) == _comparable(load(tmp_path / "whole"))
+  assert _comparable(_load_results(workdir)) == _comparable(_load_results(reference))
+
+
+# Where a SIGKILL lands (tests/kill_driver.py), in the order a run reaches them:
+# the original's training (its checkpoint in flight), a stored model's record,
+# an operator, the evaluation, the report's first file, the audit record (the
+# last write: every other output is on disk).
+KILL_POINTS = ("checkpoint:2", "record:original", "operator:retrain", "evaluate:5",
+               "write:results.json", "write:audit.json")
+
+
+def _json_files_are_whole(workdir):
+  """Every JSON file in place parses: a kill leaves a temporary file, never half a file."""
+  for folder in (workdir, workdir / "models"):
+    for path in folder.glob("*.json") if folder.exists() else ():
+      json.loads(path.read_text())
+
+
+def _without_times(audit_record):
+  return {k: v for k, v in audit_record.items()
+          if k not in ("started_at", "written_at", "record_sha256")}
+
+
+def test_sigkill_at_any_point_then_rerun_ends_as_an_uninterrupted_run(whole, tmp_path):
+  """One workdir, SIGKILLed at each point in turn: every rerun starts from what
+  the last kill left on disk and is killed at the next point (so it got there:
+  the work the kill lost was done again); the last rerun finishes. Chained,
+  the points cost one run's work instead of one run each."""
+  cache, reference = whole
+  workdir = tmp_path / "killed"
+  for point in KILL_POINTS:
+    killed = subprocess.run([sys.executable, os.path.join("tests", "kill_driver.py"), point,
+                             *_args(workdir, cache)], cwd=REPO, env=_env(),
+                            capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL and f"KILLED AT {point}" in killed.stderr, (
+        point, killed.returncode, killed.stderr[-3000:])
+    _json_files_are_whole(workdir)
+    if point == "checkpoint:2":  # killed while epoch 2 was saved: it was never logged
+      assert _original_epochs(workdir) == [1]
+
+  final = subprocess.run(_command(workdir, cache), cwd=REPO, env=_env(),
+                         capture_output=True, text=True, timeout=600)
+  assert final.returncode == 0, final.stderr[-3000:]
+  epochs = _original_epochs(workdir)
+  assert epochs.count(1) == 1 and epochs[-1] == 3, epochs
+  results = _load_results(workdir)
+  assert _comparable(results) == _comparable(_load_results(reference))
+  # The same models to the bit (the audit's digests), and a record that verifies.
+  audit_record = json.loads((workdir / "audit.json").read_text())
+  assert _without_times(audit_record) == _without_times(
+      json.loads((reference / "audit.json").read_text()))
+  lines = audit.verify_workdir(str(workdir))
+  assert [subject for subject, _ in lines] == ["audit.json", *results]
+  assert [problem for _, problem in lines] == [None] * len(lines)

@@ -8,9 +8,12 @@ example's split, and for training rows whether it is forgotten),
 checkpoints of the original training (`checkpoints/original/<fingerprint>`)
 and of every finished model (`models/<name>`; challenge populations as
 `models/population_<name>`), `timings.json`, and the results and plots of
-`hamforget.report`. A restarted run resumes the original training from its
-last epoch and skips every model already finished, so it ends where an
-uninterrupted run would. A finished model is reused only while the config
+`hamforget.report`, and `audit.json`, the record of every deletion
+(`hamforget.audit`; `python -m launch.verify WORKDIR` checks it). A run
+with another config than the workdir's first moves the old one's outputs
+aside (`hamforget.superseded`). A restarted run resumes the original
+training from its last epoch and skips every model already finished, so it
+ends where an uninterrupted run would. A finished model is reused only while the config
 and the data that made it are unchanged (`store.model_fingerprint`) and it
 reads back intact (its checksum): change an operator's hyper-parameters and
 rerun in the same workdir, and that operator (alone) runs again; edit the
@@ -34,15 +37,17 @@ import jax
 import ml_collections
 from absl import logging
 
-from hamforget import (config_checks, files, operators, original, populations, progress, records,
-                       report, workdir_lock)
+from hamforget import (audit, config_checks, files, operators, original, populations, progress,
+                       records, report, superseded, workdir_lock)
 from hamforget.data import prepare
 from hamforget.evaluate import suite
 from hamforget.models import build_model
+from hamforget.sisa import runner as sisa_runner
 from hamforget.store import ORIGINAL, ModelStore, model_fingerprint
 from hamforget.unlearn import catalog
 
 RETRAIN = "retrain"
+NOISE_FLOOR = "retrain_seed2"  # retrain from another seed (evaluate.noise_floor)
 
 
 @contextlib.contextmanager
@@ -83,8 +88,13 @@ def _run(config, workdir: str, mesh, phases: dict[str, float],
          should_stop=None) -> dict[str, dict[str, float]]:
   os.makedirs(workdir, exist_ok=True)
   is_writer = jax.process_index() == 0
+  started_at = audit.now()
   if is_writer:
-    files.write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+    config_json = config.to_json_best_effort(indent=2)
+    superseded.set_aside(workdir, config_json)  # another config's outputs go out of the way
+    files.write_text(os.path.join(workdir, "config.json"), config_json)
+  if sisa_runner.NAME in catalog.method_names(config):
+    sisa_runner.check(config)  # before any work, like the rest of the config
   with _timed(phases, "data"):
     data = prepare.prepare_data(config, mesh)
   if is_writer:
@@ -112,17 +122,34 @@ def _run(config, workdir: str, mesh, phases: dict[str, float],
     original_is_new = False
   models, costs = {ORIGINAL: finished[0]}, {ORIGINAL: finished[1]}
 
-  # Retrain (the reference) and every operator, each from the original.
+  # Retrain (the reference) and every operator, each from the original; and,
+  # with evaluate.noise_floor, retrain again from another seed: how far
+  # retraining lands from itself, the floor of every distance to retrain.
   methods = [RETRAIN] + [m for m in catalog.method_names(config) if m != RETRAIN]
-  for name in methods:
-    fingerprint = model_fingerprint(config, name, data.fingerprint)
+  runs = [(name, name) for name in methods]  # (model name, operator)
+  if config.evaluate.noise_floor:
+    runs.insert(1, (NOISE_FLOOR, RETRAIN))
+  modules = {}  # name -> Flax module, for models that are not `model` (SISA's ensembles)
+  for name, operator in runs:
+    if operator == sisa_runner.NAME:  # trains its own ensemble, two rows (see unlearn/sisa.py)
+      with _timed(phases, name):
+        sisa_models, sisa_costs, sisa_modules = sisa_runner.run_sisa(
+            config, model, data, workdir, store, like, rng)
+      models.update(sisa_models)
+      costs.update(sisa_costs)
+      modules.update(sisa_modules)
+      continue
+    fingerprint = model_fingerprint(config, operator, data.fingerprint)
+    if name != operator:
+      fingerprint += f"-{name}"
     # A new original invalidates every model made from it.
     finished = None if original_is_new else store.load(name, like, fingerprint)
     if finished is None:
       progress.say(f"unlearn {name} ...")
       with _timed(phases, name):
+        # The key comes from the model's name: retrain_seed2 gets a seed of its own.
         variables, info, timings = operators.run_operator(
-            name, config, model, models[ORIGINAL], data, operators.operator_rng(rng, name))
+            operator, config, model, models[ORIGINAL], data, operators.operator_rng(rng, name))
       finished = variables, records.cost_record(info, **timings, fingerprint=fingerprint)
       if is_writer:
         records.append_json_line(os.path.join(workdir, "metrics.jsonl"),
@@ -137,14 +164,19 @@ def _run(config, workdir: str, mesh, phases: dict[str, float],
   if config.evaluate.challenge_population:
     with _timed(phases, "populations"):
       stacked = populations.build_populations(
-          config, model, models[ORIGINAL], data, methods, jax.random.fold_in(rng, 20_000),
+          config, model, models[ORIGINAL], data, [m for m in methods if m != sisa_runner.NAME],
+          jax.random.fold_in(rng, 20_000),
           store, remake=original_is_new)
   progress.say("evaluate ...")
   with _timed(phases, "evaluate"):
     results, per_example, curves = suite.evaluate_models(
         model, models, data.device, data.request, data.dataset.class_names, config.evaluate,
-        jax.random.fold_in(rng, 10_000), costs, populations=stacked)
+        jax.random.fold_in(rng, 10_000), costs, populations=stacked, modules=modules)
   if is_writer:
     with _timed(phases, "report"):
       report.write_report(workdir, results, per_example, curves, data.dataset.class_names)
+      audit.write_record(workdir, audit.build_record(
+          config, data, models, results, started_at=started_at,
+          made_from={sisa_runner.NAME: sisa_runner.ORIGINAL_NAME},  # SISA deletes from its own
+          operator_of={NOISE_FLOOR: RETRAIN}))
   return results

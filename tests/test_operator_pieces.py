@@ -88,13 +88,17 @@ def test_noise_moves_each_label_s_loss_its_own_way(small_model):
 def test_the_norm_pulls_noise_to_the_space_s_zero(small_model, space, rest):
   """With no loss term (direction 0), only the norm acts: "pixels" noise goes
   to black (-1 once normalised as the images are), "normalized" noise to the
-  normalisation mean (0)."""
+  normalisation mean (0). Sigmoid-bounded pixels approach black ever more
+  slowly (the sigmoid's slope vanishes while Adam's second moment remembers
+  the early, large gradients): from ~1 away at the start (sigmoid(normal) is
+  grey, 0), 300 steps bring every pixel within 0.15 of black."""
   model, variables, image_shape = small_model
   labels = jnp.zeros(4, jnp.int32)
   noise, _ = jax.jit(lambda: common.learn_noise(
       model, variables, labels, jnp.zeros(4), image_shape, 300, 0.05, 1.0, jax.random.key(2),
       space))()
-  np.testing.assert_allclose(noise, rest, atol=0.1)
+  distance = np.abs(np.asarray(noise) - rest)
+  assert distance.max() < 0.15, (distance.mean(), distance.max())
 
 
 def test_pixel_noise_stays_in_the_range_of_real_inputs(small_model):

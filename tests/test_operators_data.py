@@ -15,7 +15,7 @@ import pytest
 
 import learnable
 import operator_harness
-from hamforget import sharding, train
+from hamforget import sharding, train, unlearn
 from hamforget.data import batches
 
 # Test-time overrides: the defaults are sized for MNIST (3,600 retain, 400
@@ -39,7 +39,7 @@ harness = operator_harness.Harness(OVERRIDES)
 short = operator_harness.Harness({
     "neggrad_plus": {**OVERRIDES["neggrad_plus"], "num_epochs": 0.25},
     "scrub": {**OVERRIDES["scrub"], "num_epochs": 1, "min_steps": 4, "forget_batch_size": 64},
-    "retrain": {},  # the original recipe: 8 epochs of 9 steps on the 8x8 problem
+    "retrain": {},
 })
 
 
@@ -107,16 +107,24 @@ def test_retrain_on_8_devices_matches_one():
   batches sharded over 8 virtual devices computes what it computes on one."""
   assert jax.device_count() == 8, "conftest asks for 8 virtual CPU devices"
   problem = learnable.problem()
+  # One epoch (9 steps): the sharded batches sum in another order, and over
+  # the original recipe's 72 SGD steps that drift grows chaotically (1.5e-2
+  # to 8e-2 of the logits, by machine). Over 9 steps it stays within 1e-2;
+  # a wrong shard or per-device BatchNorm statistics are not held to that.
+  one_epoch = problem.config.train.to_dict() | {"num_epochs": 1}
+  config = unlearn.get("retrain").make_config({}, one_epoch, problem.config.augment)
+  retrain = jax.jit(lambda variables, access, rng: unlearn.get("retrain").fn(
+      problem.model, variables, access, problem.request, config, rng))
   access = short.access("retrain")
-  single, _ = short.jitted("retrain")(problem.variables, access, jax.random.key(0))
+  single, single_info = retrain(problem.variables, access, jax.random.key(0))
   mesh = sharding.make_mesh(8)
   with jax.set_mesh(mesh):
-    sharded, _ = short.jitted("retrain")(sharding.replicate(problem.variables, mesh),
-                                         sharding.replicate(access, mesh), jax.random.key(0))
-    sharded = jax.device_get(sharded)
+    sharded, sharded_info = retrain(sharding.replicate(problem.variables, mesh),
+                                    sharding.replicate(access, mesh), jax.random.key(0))
+    sharded, sharded_info = jax.device_get((sharded, sharded_info))
+  relative = lambda x, y: float(jnp.linalg.norm(x - y) / jnp.linalg.norm(y))
   reference = operator_harness.predict(single, problem.test)
-  error = float(jnp.linalg.norm(operator_harness.predict(sharded, problem.test) - reference)
-                / jnp.linalg.norm(reference))
-  # Sharded batches sum in another order; 72 SGD steps grow that drift to
-  # ~1.5e-2 of the logits (measured). A wrong shard or batch statistic is O(1).
-  assert error < 3e-2, f"retrain on 8 devices: logits differ by {error:.2e}"
+  error = relative(operator_harness.predict(sharded, problem.test), reference)
+  assert error < 1e-2, f"retrain on 8 devices: logits differ by {error:.2e}"
+  error = relative(sharded_info["train_loss"], single_info["train_loss"])
+  assert error < 1e-2, f"retrain on 8 devices: epoch losses differ by {error:.2e}"

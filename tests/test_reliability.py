@@ -149,8 +149,8 @@ def _original_epochs(workdir):
 
 
 def _is_clock(key: str) -> bool:
-  """Whether results column `key` measures time (wall_s, wall_ratio_to_retrain, *_s)."""
-  return key.endswith("_s") or "wall" in key or "compile" in key
+  """Whether results column `key` measures time (work_s, compile_s, work_ratio_to_retrain)."""
+  return key.endswith("_s") or key.startswith(("work", "compile"))
 
 
 def _comparable(results):

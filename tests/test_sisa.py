@@ -302,7 +302,7 @@ def test_an_experiment_reports_the_ensemble_before_and_after_deletion(tmp_path):
   assert list(results) == ["original", "retrain", "sisa_original", "sisa"]
   before, after = results["sisa_original"], results["sisa"]
   assert 0.0 <= before["acc_test"] <= 1.0 and 0.0 <= after["acc_test"] <= 1.0
-  assert after["steps"] < before["steps"] and after["wall_ratio_to_retrain"] > 0
+  assert after["steps"] < before["steps"] and after["work_ratio_to_retrain"] > 0
   assert "SISA" in (workdir / "results.md").read_text()
   with jax.set_mesh(mesh):  # a rerun restores both ensembles
     again = experiment.run(config, str(workdir), mesh)

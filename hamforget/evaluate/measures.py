@@ -22,7 +22,9 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 from hamforget.evaluate import anamnesis, attack, challenge, intervals, metrics
-from hamforget.evaluate.registry import CLASS, NAN, Context, metric, summary
+from hamforget.evaluate.registry import (CLASS, CONTEXT, COUNT, FLAG, FRACTION, HIGHER, LOWER,
+                                         NAN, NATS, RATIO, RETRAIN, SECONDS, Context, metric,
+                                         summary)
 
 # The splits measured by balanced and per-class accuracy.
 _SPLITS = ("retain", "forget", "test")
@@ -73,7 +75,7 @@ def _mean_with_interval(name: str, values: np.ndarray, config) -> dict[str, floa
                   "acc_retain",
     "acc_test": "accuracy on the test split; interval as acc_retain",
     "acc_val": "accuracy on the validation split",
-}))
+}), unit=FRACTION, ideal=RETRAIN)
 def accuracy(c: Context) -> dict[str, float]:
   row = {}
   own = c.populations[0] if c.populations is not None else None
@@ -117,7 +119,7 @@ def _balanced_accuracy_interval(logits: np.ndarray, labels: np.ndarray, num_clas
     "bal_acc_retain": "balanced accuracy (mean per-class recall over classes present) on retain",
     "bal_acc_forget": "balanced accuracy on the forget set",
     "bal_acc_test": "balanced accuracy on test (HAM10000 is 67% nv: read this, not acc_test)",
-}, only=("bal_acc_test",)))
+}, only=("bal_acc_test",)), unit=FRACTION, ideal=RETRAIN)
 def balanced_accuracy(c: Context) -> dict[str, float]:
   num_classes = len(c.class_names)
   row = {f"bal_acc_{split}": metrics.balanced_accuracy(
@@ -129,10 +131,21 @@ def balanced_accuracy(c: Context) -> dict[str, float]:
 
 
 @metric({
+    "majority_acc_test": "test accuracy of always answering the most frequent class of the "
+                         "test split: the floor acc_test reads against (the same for every "
+                         "model; any constant answer's balanced accuracy is 1 / classes)",
+}, unit=FRACTION, ideal=CONTEXT)
+def majority_baseline(c: Context) -> dict[str, float]:
+  _, share = metrics.majority_class(c.outputs["test"]["labels"], len(c.class_names))
+  return {"majority_acc_test": share}
+
+
+@metric({
     f"acc_retain_class_{CLASS}": "retain accuracy on one class (NaN if absent)",
     f"acc_forget_class_{CLASS}": "forget-set accuracy on one class (NaN if absent)",
-    f"acc_test_class_{CLASS}": "test accuracy on one class (NaN if absent)",
-})
+    f"acc_test_class_{CLASS}": "test recall of one class: the share of its test examples "
+                               "predicted as it (NaN if absent)",
+}, unit=FRACTION, ideal=RETRAIN)
 def class_accuracy(c: Context) -> dict[str, float]:
   row = {}
   for split in _SPLITS:
@@ -146,7 +159,7 @@ def class_accuracy(c: Context) -> dict[str, float]:
 @metric(_with_intervals({
     "acc_test_forget_classes": "class requests: test accuracy on the forgotten classes (else NaN)",
     "acc_test_other_classes": "class requests: test accuracy on the other classes (else NaN)",
-}))
+}), unit=FRACTION, ideal=RETRAIN)
 def forgotten_class_accuracy(c: Context) -> dict[str, float]:
   if not c.forget_classes:
     return {}
@@ -168,7 +181,8 @@ def forgotten_class_accuracy(c: Context) -> dict[str, float]:
     "loss_test_std": "std of per-example cross-entropy on test",
     "loss_forget_mean": "mean per-example cross-entropy on forget, at evaluation (nats)",
     "loss_forget_std": "std of per-example cross-entropy on forget",
-}, only=("loss_retain_mean", "loss_test_mean", "loss_forget_mean")))
+}, only=("loss_retain_mean", "loss_test_mean", "loss_forget_mean")),
+   unit=NATS, ideal=RETRAIN)
 def losses(c: Context) -> dict[str, float]:
   row = {}
   for split in ("retain", "test", "forget"):
@@ -185,7 +199,7 @@ def losses(c: Context) -> dict[str, float]:
                     "each operator's loss otherwise, e.g. SCRUB's max steps a negative KL): "
                     "not comparable across rows; compare loss_*_mean",
     "loss_final": "last value of that curve (same caveat)",
-})
+}, unit=NATS, ideal="none: each run's own objective, not comparable across rows")
 def training_losses(c: Context) -> dict[str, float]:
   return {"loss_initial": _cost(c.costs, "initial_loss"),
           "loss_final": _cost(c.costs, "final_loss")}
@@ -221,7 +235,14 @@ _ATTACK_NAMES = {"acc": "mia_acc", "auc": "mia_auc", "tpr_at_0.01": "mia_tpr_at_
     "mia_examples": "examples per side of the attack (forget = test, class-matched)",
     "mia_underpowered": "1 if a side has fewer than evaluate.mia_powered_examples (100) "
                         "examples: read the interval, not the value; else 0",
-})
+}, unit={"mia_acc": FRACTION, "mia_auc": "ROC AUC (0-1)",
+         "mia_tpr_at_1pct_fpr": FRACTION, "mia_tpr_at_5pct_fpr": FRACTION,
+         "mia_examples": COUNT + " (examples a side)", "mia_underpowered": FLAG},
+   ideal={"mia_acc": "closer to retrain is better (retrain's value, not 0.5: retrain "
+                     "generalises to unseen examples of the same classes)",
+          "mia_auc": RETRAIN, "mia_tpr_at_1pct_fpr": RETRAIN, "mia_tpr_at_5pct_fpr": RETRAIN,
+          "mia_examples": "100 or more (below it the attack is underpowered)",
+          "mia_underpowered": "no"})
 def loss_attack(c: Context) -> dict[str, float]:
   config = c.config
   member, nonmember = _matched_losses(c)
@@ -244,7 +265,8 @@ def loss_attack(c: Context) -> dict[str, float]:
     "over_forgetting": "1 if the interval of loss_gap_forget_test lies above "
                        "evaluate.over_forgetting_nats: the forget set stands out by a loss far "
                        "above that of unseen examples (the Streisand effect), else 0",
-})
+}, unit={"loss_gap_forget_test": NATS, "over_forgetting": FLAG},
+   ideal={"loss_gap_forget_test": RETRAIN, "over_forgetting": "no"})
 def over_forgetting(c: Context) -> dict[str, float]:
   member, nonmember = _matched_losses(c)
   if not len(member):
@@ -263,7 +285,7 @@ def over_forgetting(c: Context) -> dict[str, float]:
                            "entropy, fit on as many retain (member) as test examples, calls "
                            "members; its interval refits the attack on resamples (with no "
                            "signal it spans most of [0, 1])",
-}))
+}), unit=FRACTION, ideal=RETRAIN)
 def entropy_attack(c: Context) -> dict[str, float]:
   entropies = [metrics.entropy(metrics.softmax(c.outputs[split]["logits"]))
                for split in ("retain", "test", "forget")]
@@ -294,7 +316,15 @@ def entropy_attack(c: Context) -> dict[str, float]:
     "relearn_budget_ran_out": "1 if the target was not met within the budget, else 0",
     "relearn_retain_acc": "accuracy on held-out examples of the retained classes (class "
                           "requests; test examples otherwise) at the step the target is met",
-})
+}, unit={"ain": RATIO, "ain_censored": "code", "relearn_steps": COUNT + " (Adam steps)",
+         "relearn_target": FRACTION, "relearn_start_acc": FRACTION,
+         "relearn_met_at_start": FLAG, "relearn_budget_ran_out": FLAG,
+         "relearn_retain_acc": FRACTION},
+   ideal={"ain": "closer to 1 (retrain's) is better; below 1 = knowledge left",
+          "ain_censored": "0 (exact)", "relearn_steps": RETRAIN, "relearn_target": CONTEXT,
+          "relearn_start_acc": RETRAIN, "relearn_met_at_start": CONTEXT,
+          "relearn_budget_ran_out": "no (else relearn_steps is a bound)",
+          "relearn_retain_acc": HIGHER})
 def anamnesis_index(c: Context) -> dict[str, float]:
   if c.curve is None or c.original_curve is None:
     return {}
@@ -318,7 +348,9 @@ def anamnesis_index(c: Context) -> dict[str, float]:
 @metric(_with_intervals({
     "zrf": "Zero Retrain Forgetting: 1 - mean JS(model, randomly initialised model) "
            "on forget, natural log, in [1 - ln 2, 1]; 1 = behaves as an untrained model",
-}))
+}), unit="score in [1 - ln 2, 1]",
+   ideal="closer to retrain is better (retrain's value, not 1: a retrained model is not an "
+         "untrained one)")
 def zero_retrain_forgetting(c: Context) -> dict[str, float]:
   js = metrics.js_from_logits(c.outputs["forget"]["logits"], c.random_forget_logits)
   row = _mean_with_interval("zrf", js, c.config)
@@ -331,7 +363,8 @@ def zero_retrain_forgetting(c: Context) -> dict[str, float]:
     "js_to_retrain_forget": "mean JS divergence to retrain's predictions on forget (read "
                             "against retrain_seed2's: retraining's distance to itself)",
     "js_to_retrain_test": "mean JS divergence to retrain's predictions on test",
-}))
+}), unit="nats, in [0, ln 2]",
+   ideal="lower is better (0 = retrain; retrain_seed2's value is the floor)")
 def divergence_to_retrain(c: Context) -> dict[str, float]:
   if c.retrain is None:
     return {}
@@ -353,7 +386,11 @@ def divergence_to_retrain(c: Context) -> dict[str, float]:
     "challenge_score": "challenge_forget_quality x (retain acc / retrain's) "
                        "x (test acc / retrain's)",
     "challenge_population": "models per population used, M (0 = not computed)",
-})
+}, unit={"challenge_forget_quality": "score (0-1)", "challenge_score": "score (0-1)",
+         "challenge_population": COUNT},
+   ideal={"challenge_forget_quality": HIGHER + " (retrain's row: what exact unlearning earns)",
+          "challenge_score": HIGHER + " (retrain's row: what exact unlearning earns)",
+          "challenge_population": CONTEXT})
 def challenge_score(c: Context) -> dict[str, float]:
   if c.populations is None:
     return {"challenge_population": 0.0}
@@ -371,23 +408,50 @@ def challenge_score(c: Context) -> dict[str, float]:
 # Cost (runner).
 
 # (cost of the run, its ratio to retrain's).
-_COSTS = (("wall_s", "wall_ratio_to_retrain"), ("steps", "steps_ratio_to_retrain"),
+_COSTS = (("work_s", "work_ratio_to_retrain"), ("steps", "steps_ratio_to_retrain"),
           ("examples_seen", "examples_ratio_to_retrain"))
 
 
+def _timings(costs: Mapping[str, Any]) -> dict[str, float]:
+  """{"work_s", "compile_s"} of a cost record; NaN where unknown.
+
+  Records written before the two were kept apart have `wall_s` alone: the
+  work where `compile_s` is beside it (operators, SISA), work and compilation
+  mixed otherwise (the original's), so unknown.
+  """
+  if "work_s" in costs:
+    return {"work_s": _cost(costs, "work_s"), "compile_s": _cost(costs, "compile_s")}
+  if "compile_s" in costs:
+    return {"work_s": _cost(costs, "wall_s"), "compile_s": _cost(costs, "compile_s")}
+  return {"work_s": NAN, "compile_s": NAN}
+
+
 @metric({
-    "wall_s": "wall-clock seconds of the run that made the model",
+    "work_s": "wall-clock seconds of the run that made the model, its compilation (and the "
+              "original's checkpoint writes) excluded; SISA's include the restores and "
+              "checkpoint writes its deletion relies on",
+    "compile_s": "seconds of XLA tracing, lowering and compilation in that run, apart from "
+                 "work_s: paid once per program shape, not per run of a grid",
     "steps": "optimiser steps of that run",
     "examples_seen": "training examples touched (with repetition) by that run",
-    "wall_ratio_to_retrain": "wall_s / retrain's wall_s",
+    "work_ratio_to_retrain": "work_s / retrain's work_s",
     "steps_ratio_to_retrain": "steps / retrain's steps",
     "examples_ratio_to_retrain": "examples_seen / retrain's examples_seen",
-})
+}, unit={"work_s": SECONDS, "compile_s": SECONDS, "steps": COUNT, "examples_seen": COUNT,
+         "work_ratio_to_retrain": RATIO, "steps_ratio_to_retrain": RATIO,
+         "examples_ratio_to_retrain": RATIO},
+   ideal={"work_s": LOWER, "compile_s": LOWER, "steps": LOWER, "examples_seen": LOWER,
+          "work_ratio_to_retrain": LOWER + " (below 1 = cheaper than retraining)",
+          "steps_ratio_to_retrain": LOWER, "examples_ratio_to_retrain": LOWER})
 def cost(c: Context) -> dict[str, float]:
-  row = {}
+  own = {**_timings(c.costs), "steps": _cost(c.costs, "steps"),
+         "examples_seen": _cost(c.costs, "examples_seen")}
+  reference = {**_timings(c.retrain_costs), "steps": _cost(c.retrain_costs, "steps"),
+               "examples_seen": _cost(c.retrain_costs, "examples_seen")}
+  row = {"compile_s": own["compile_s"]}
   for key, ratio in _COSTS:
-    row[key] = _cost(c.costs, key)
-    row[ratio] = _ratio(row[key], _cost(c.retrain_costs, key))
+    row[key] = own[key]
+    row[ratio] = _ratio(own[key], reference[key])
   return row
 
 
@@ -399,7 +463,7 @@ def cost(c: Context) -> dict[str, float]:
                       "and mia_acc (those defined in both rows): the 'average gap' of SalUn "
                       "(Fan et al. 2024), as a fraction; 0 = retrain; read against "
                       "retrain_seed2's (the noise floor)",
-})
+}, unit=FRACTION, ideal="lower is better (0 = retrain; retrain_seed2's value is the floor)")
 def gap_to_retrain(row: Mapping[str, float], reference: Mapping[str, float]) -> dict[str, float]:
   gaps = [abs(row[name] - reference[name]) for name in GAP_METRICS
           if math.isfinite(row.get(name, NAN)) and math.isfinite(reference.get(name, NAN))]

@@ -54,6 +54,23 @@ def balanced_accuracy(logits: np.ndarray, labels: np.ndarray, num_classes: int) 
   return float(np.nanmean(recalls)) if np.any(~np.isnan(recalls)) else float("nan")
 
 
+def majority_class(labels: np.ndarray, num_classes: int) -> tuple[int, float]:
+  """(the most frequent label of (N,) int labels, its share in [0, 1]): the
+  accuracy of always answering it. (-1, NaN) for no labels; ties go to the
+  lowest label."""
+  labels = np.asarray(labels, np.int64)
+  if labels.size == 0:
+    return -1, float("nan")
+  counts = np.bincount(labels, minlength=num_classes)
+  return int(np.argmax(counts)), float(counts.max() / labels.size)
+
+
+def confusion_matrix(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+  """Counts (K, K) int64: row = true label, column = argmax prediction."""
+  index = np.asarray(labels, np.int64) * num_classes + np.argmax(logits, -1)
+  return np.bincount(index, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+
+
 # ----------------------------------------------------------------------------
 # Divergences between predictive distributions.
 

@@ -14,10 +14,17 @@ A summary is a function of a finished row and retrain's row, registered
 with `@summary` the same way (e.g. the mean gap to retrain); it runs after
 every metric of every model (`summarise`).
 
-`METRICS` (name -> documentation) and the table's column order follow the
-order of registration, metrics before summaries. Names containing `CLASS`
-stand for one metric per class name. Nothing here imports JAX: `configs/` and
-`report` read it cheaply.
+A registration may also say each name's unit and ideal (`unit=`, `ideal=`:
+one string for every name it documents, or a mapping name -> string), so the
+report's legend (`hamforget.legend`) is generated from here and never drifts
+from the code:
+
+    @metric({"acc_forget_top2": "..."}, unit=FRACTION, ideal=RETRAIN)
+
+`METRICS` (name -> documentation), `COLUMNS` (name -> `Column`: meaning,
+unit, ideal) and the table's column order follow the order of registration,
+metrics before summaries. Names containing `CLASS` stand for one metric per
+class name. Nothing here imports JAX: `configs/` and `report` read it cheaply.
 """
 
 from __future__ import annotations
@@ -27,6 +34,34 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 CLASS = "<class>"
 NAN = float("nan")
+
+# Units of the legend, the words a reader meets there.
+FRACTION = "fraction (0-1)"
+NATS = "nats"
+SECONDS = "seconds"
+COUNT = "count"
+FLAG = "yes/no"
+RATIO = "ratio"
+# Ideals: where a good unlearned model lands. Most are relative to retrain
+# (the model that never saw the forget set), not to a fixed number.
+RETRAIN = "closer to retrain is better"
+HIGHER = "higher is better"
+LOWER = "lower is better"
+CONTEXT = "none: context for reading the others"
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+  """What the legend says of one result column.
+
+  Attributes:
+    meaning: the registered documentation.
+    unit: one of the units above or free text; "" when the registration gave none.
+    ideal: one of the ideals above or free text; "" when the registration gave none.
+  """
+  meaning: str
+  unit: str = ""
+  ideal: str = ""
 
 # split -> {"logits": float32 (N, K), "labels": int32 (N,), "loss": float64 (N,) nats}.
 Outputs = Mapping[str, Mapping[str, Any]]
@@ -87,6 +122,7 @@ SummaryFn = Callable[[Mapping[str, float], Mapping[str, float]], Mapping[str, fl
 class _Registered:
   fn: Callable
   docs: Mapping[str, str]
+  columns: Mapping[str, Column]
 
 
 # In registration order, which is the order of every result row.
@@ -96,43 +132,75 @@ _SUMMARIES: list[_Registered] = []
 _METRIC_DOCS: dict[str, str] = {}
 _SUMMARY_DOCS: dict[str, str] = {}
 METRICS: dict[str, str] = {}
+COLUMNS: dict[str, Column] = {}
+
+# A unit or ideal: one for every name of a registration, or name -> its own.
+PerName = str | Mapping[str, str]
 
 
 def _rebuild() -> None:
   METRICS.clear()
   METRICS.update(_METRIC_DOCS)
   METRICS.update(_SUMMARY_DOCS)
+  COLUMNS.clear()
+  for registered in _REGISTERED + _SUMMARIES:
+    COLUMNS.update(registered.columns)
+
+
+def _of(value: PerName, name: str) -> str:
+  if isinstance(value, str):
+    return value
+  base = name.removesuffix("_ci_low").removesuffix("_ci_high")
+  return value.get(name, value.get(base, ""))
+
+
+def _columns(docs: Mapping[str, str], unit: PerName, ideal: PerName) -> dict[str, Column]:
+  """name -> Column; an interval's ends share their metric's unit and have no ideal."""
+  columns = {}
+  for name, doc in docs.items():
+    is_end = name.endswith(("_ci_low", "_ci_high"))
+    columns[name] = Column(doc, _of(unit, name), "" if is_end else _of(ideal, name))
+  return columns
 
 
 def _registrar(kind: str, into: list[_Registered], docs_of: dict[str, str],
-               docs: Mapping[str, str]):
+               docs: Mapping[str, str], unit: PerName, ideal: PerName):
   def register(fn):
     taken = sorted(set(docs) & set(METRICS))
     if taken:
       raise ValueError(f"{fn.__qualname__}: {kind} {taken} are already registered")
-    into.append(_Registered(fn, dict(docs)))
+    into.append(_Registered(fn, dict(docs), _columns(docs, unit, ideal)))
     docs_of.update(docs)
     _rebuild()
     return fn
   return register
 
 
-def metric(docs: Mapping[str, str]) -> Callable[[MetricFn], MetricFn]:
+def metric(docs: Mapping[str, str], *, unit: PerName = "",
+           ideal: PerName = "") -> Callable[[MetricFn], MetricFn]:
   """Registers a metric function with the documentation of every name it returns.
+
+  Args:
+    docs: name -> what it measures.
+    unit, ideal: for the legend (see `Column`): one string for every name,
+      or name -> string (an interval's ends take their metric's unit).
 
   Raises:
     ValueError: a name is already documented by another metric.
   """
-  return _registrar("metrics", _REGISTERED, _METRIC_DOCS, docs)
+  return _registrar("metrics", _REGISTERED, _METRIC_DOCS, docs, unit, ideal)
 
 
-def summary(docs: Mapping[str, str]) -> Callable[[SummaryFn], SummaryFn]:
+def summary(docs: Mapping[str, str], *, unit: PerName = "",
+            ideal: PerName = "") -> Callable[[SummaryFn], SummaryFn]:
   """Registers a summary: a function of (row, retrain's row), run after every metric.
+
+  `unit` and `ideal` as for `metric`.
 
   Raises:
     ValueError: a name is already documented by another metric or summary.
   """
-  return _registrar("metrics", _SUMMARIES, _SUMMARY_DOCS, docs)
+  return _registrar("metrics", _SUMMARIES, _SUMMARY_DOCS, docs, unit, ideal)
 
 
 def unregister(fn: Callable) -> None:

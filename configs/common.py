@@ -50,7 +50,15 @@ def base_config() -> ml_collections.ConfigDict:
   config.train.warmup_epochs = 1.0
   config.train.batch_size = 128        # global, over all devices
   config.train.num_epochs = 10
-  config.train.patience = 3            # early stopping on val loss, in epochs (0 = off)
+  config.train.patience = 3            # early stopping on select_on, in epochs (0 = off)
+  # Best epoch and early stopping: loss | balanced_accuracy | macro_f1 (on
+  # val, which never holds what an unlearning run forgets).
+  config.train.select_on = "loss"
+  # Class imbalance (hamforget.train.class_weights): none | inverse_frequency
+  # | effective_number loss weights, by the counts of the data trained on.
+  config.train.class_weighting = "none"
+  config.train.effective_number_beta = 0.999
+  config.train.sampling = "uniform"    # uniform | class_balanced (device pipeline)
   config.train.eval_batch_size = 512
 
   config.forget = ml_collections.ConfigDict()

@@ -33,6 +33,10 @@ DTYPES = ("float32", "bfloat16", "float16")
 CONVS = ("auto", "xla")
 OPTIMIZERS = ("sgd", "adamw")
 PIPELINES = ("device", "grain")
+# The same tuples as hamforget.train's (this module runs before JAX is imported).
+CLASS_WEIGHTINGS = ("none", "inverse_frequency", "effective_number")
+SAMPLINGS = ("uniform", "class_balanced")
+SELECTION_METRICS = ("loss", "balanced_accuracy", "macro_f1")
 
 # Sources that read a file or folder named by data.root ("" is not a path for
 # them); mnist_tfds falls back to $TFDS_DATA_DIR, mnist_embedded reads none.
@@ -154,6 +158,12 @@ def _check_train(train, problems: _Problems) -> None:
                     ("batch_size", POSITIVE_INT), ("eval_batch_size", POSITIVE_INT),
                     ("num_epochs", EPOCHS), ("patience", COUNT)):
     problems.check(train, "train", key, rule)
+  problems.check(train, "train", "class_weighting", _one_of(CLASS_WEIGHTINGS))
+  problems.check(train, "train", "sampling", _one_of(SAMPLINGS))
+  problems.check(train, "train", "select_on", _one_of(SELECTION_METRICS))
+  beta = train.get("effective_number_beta", 0.999)
+  if not (_is_number(beta) and 0 < beta < 1):
+    problems.add("train.effective_number_beta", beta, "expected a number in (0, 1)")
 
 
 def _check_forget(config, problems: _Problems) -> None:
@@ -251,6 +261,9 @@ def check_config(config, workdir: str | None = None) -> None:
   _check_data(config.data, problems)
   _check_model(config.model, problems)
   _check_train(config.train, problems)
+  if config.train.get("sampling") == "class_balanced" and config.data.get("pipeline") == "grain":
+    problems.add("train.sampling", "class_balanced", "needs data.pipeline='device' (grain "
+                 "streams epoch-wise shuffles); use train.class_weighting with grain")
   _check_forget(config, problems)
   _check_unlearn(config, problems)
   _check_evaluate(config.evaluate, problems)

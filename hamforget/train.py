@@ -123,25 +123,118 @@ def make_optimizer(train_config, total_steps: int, steps_per_epoch_: int) -> opt
   raise ValueError(f"train.optimizer={train_config.optimizer!r}: expected 'sgd' or 'adamw'")
 
 
-def supervised_loss(model, params, batch_stats, images, labels):
-  """Mean cross-entropy of a prepared batch, BatchNorm in train mode.
+# ----------------------------------------------------------------------------
+# Class balance: HAM10000 is 67% `nv`; a plain mean of the cross-entropy lets a
+# model ignore the minority classes and still score 0.67 accuracy.
+
+CLASS_WEIGHTINGS = ("none", "inverse_frequency", "effective_number")
+SAMPLINGS = ("uniform", "class_balanced")
+
+
+def class_weights(labels: jax.Array, num_classes: int, weighting: str,
+                  beta: float = 0.999) -> jax.Array | None:
+  """Per-class loss weights (K,) float32 from the labels (N,) trained on, or None.
+
+  - "inverse_frequency": w_k proportional to 1 / n_k, sklearn's "balanced"
+    (King and Zeng 2001): every present class weighs as much in the loss.
+  - "effective_number": w_k proportional to (1 - beta) / (1 - beta^n_k), the
+    class-balanced loss of Cui et al. (CVPR 2019); softer than 1 / n_k for
+    large classes (beta = 0.999: 9x between HAM10000's `df` and `nv` where
+    1 / n_k gives 58x).
+  - "none": None (a plain mean).
+
+  Weights are scaled so that sum_k w_k n_k = N (an example weighs 1 on
+  average, the loss keeps its scale and the learning rate its meaning); a
+  class absent from `labels` (a forgotten one) weighs 0. Computed in-graph
+  from the data a run actually trains on, so retrain and the operators
+  weight by the retain set's counts, never the forgotten examples'.
+  """
+  if weighting == "none":
+    return None
+  counts = jnp.bincount(labels, length=num_classes).astype(jnp.float32)
+  present = counts > 0
+  if weighting == "inverse_frequency":
+    raw = 1.0 / jnp.maximum(counts, 1.0)
+  elif weighting == "effective_number":
+    raw = (1.0 - beta) / (1.0 - jnp.power(beta, jnp.maximum(counts, 1.0)))
+  else:
+    raise ValueError(f"train.class_weighting={weighting!r}: expected one of {CLASS_WEIGHTINGS}")
+  raw = jnp.where(present, raw, 0.0)
+  return raw * jnp.sum(counts) / jnp.sum(raw * counts)
+
+
+def weighted_cross_entropy(logits: jax.Array, labels: jax.Array,
+                           weights: jax.Array | None) -> jax.Array:
+  """Mean over the batch of w[label] * CE (nats); the plain mean when weights is None."""
+  losses = cross_entropy(logits, labels)
+  return losses.mean() if weights is None else jnp.mean(weights[labels] * losses)
+
+
+def supervised_loss(model, params, batch_stats, images, labels, weights: jax.Array | None = None):
+  """Cross-entropy of a prepared batch (class-weighted given `weights` (K,)),
+  BatchNorm in train mode.
 
   Returns (loss, (new batch_stats, {"accuracy": ...})), the `minimize` shape.
   """
   logits, batch_stats = apply_model(
       model, {"params": params, "batch_stats": batch_stats}, images, train=True)
   accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
-  return cross_entropy(logits, labels).mean(), (batch_stats, {"accuracy": accuracy})
+  return weighted_cross_entropy(logits, labels, weights), (batch_stats, {"accuracy": accuracy})
 
 
-def classification_loss(model, batch_size: int, data: DeviceData, augment_config=None):
-  """A `minimize` loss: cross-entropy on the sampled batch of each step."""
+def classification_loss(model, batch_size: int, data: DeviceData, augment_config=None,
+                        weights: jax.Array | None = None,
+                        probabilities: jax.Array | None = None):
+  """A `minimize` loss: cross-entropy on the sampled batch of each step.
+
+  `weights` (K,) weigh each example's loss by its class (`class_weights`);
+  `probabilities` (N,) draw the batches with replacement (`sample_batch`).
+  """
 
   def loss_fn(params, batch_stats, rng, step):
-    images, labels = batches.sample_batch(data, rng, step, batch_size, augment_config)
-    return supervised_loss(model, params, batch_stats, images, labels)
+    images, labels = batches.sample_batch(data, rng, step, batch_size, augment_config,
+                                          probabilities)
+    return supervised_loss(model, params, batch_stats, images, labels, weights)
 
   return loss_fn
+
+
+@flax.struct.dataclass
+class Balance:
+  """How a run trained on data counters class imbalance (static; `train` config keys).
+
+  Attributes:
+    class_weighting: one of CLASS_WEIGHTINGS (see `class_weights`).
+    effective_number_beta: beta of "effective_number".
+    sampling: "uniform" (epoch-wise shuffles) or "class_balanced": each
+      example drawn with probability proportional to 1 / n_(its class), with
+      replacement, so every class fills 1/K of a batch on average (class-aware
+      sampling, Shen et al. ECCV 2016). Only `fit` (original, retrain,
+      finetune, SISA shards) samples; operators weight their retain loss.
+  """
+  class_weighting: str = flax.struct.field(pytree_node=False, default="none")
+  effective_number_beta: float = flax.struct.field(pytree_node=False, default=0.999)
+  sampling: str = flax.struct.field(pytree_node=False, default="uniform")
+
+  def weights(self, labels: jax.Array, num_classes: int) -> jax.Array | None:
+    return class_weights(labels, num_classes, self.class_weighting, self.effective_number_beta)
+
+  def sampling_probabilities(self, labels: jax.Array, num_classes: int) -> jax.Array | None:
+    """Per-example probabilities (N,) of class-balanced sampling, or None (uniform)."""
+    if self.sampling == "uniform":
+      return None
+    if self.sampling != "class_balanced":
+      raise ValueError(f"train.sampling={self.sampling!r}: expected one of {SAMPLINGS}")
+    counts = jnp.bincount(labels, length=num_classes).astype(jnp.float32)
+    per_example = 1.0 / counts[labels]
+    return per_example / jnp.sum(per_example)
+
+
+def make_balance(train_config) -> Balance:
+  """The `Balance` of a `train` config section (keys absent in old configs: none)."""
+  get = lambda key, default: train_config.get(key, default)
+  return Balance(get("class_weighting", "none"), float(get("effective_number_beta", 0.999)),
+                 get("sampling", "uniform"))
 
 
 # ----------------------------------------------------------------------------
@@ -169,6 +262,32 @@ def mean_loss_and_accuracy(model, variables, data: DeviceData, batch_size: int):
           jnp.mean(jnp.argmax(logits, -1) == data.labels))
 
 
+SELECTION_METRICS = ("loss", "balanced_accuracy", "macro_f1")
+
+
+def validation_metrics(logits: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
+  """Scalars of eval-mode logits (N, K) on labels (N,): "loss" (mean CE,
+  nats), "accuracy", "balanced_accuracy" (mean recall over the classes present
+  in `labels`) and "macro_f1" (mean F1 over those classes).
+
+  Classes absent from `labels` (forgotten ones, in an unlearning run's
+  validation split) are left out of both means; predicting them still costs
+  recall of the true classes.
+  """
+  num_classes = logits.shape[-1]
+  predicted = jnp.argmax(logits, -1)
+  truth, guess = jax.nn.one_hot(labels, num_classes), jax.nn.one_hot(predicted, num_classes)
+  true_positives = jnp.sum(truth * guess, 0)
+  support, predicted_count = jnp.sum(truth, 0), jnp.sum(guess, 0)
+  present = support > 0
+  recall = true_positives / jnp.maximum(support, 1.0)
+  f1 = 2 * true_positives / jnp.maximum(support + predicted_count, 1.0)
+  over_present = lambda per_class: jnp.sum(jnp.where(present, per_class, 0.0)) / jnp.sum(present)
+  return {"loss": cross_entropy(logits, labels).mean(),
+          "accuracy": jnp.mean(predicted == labels),
+          "balanced_accuracy": over_present(recall), "macro_f1": over_present(f1)}
+
+
 # ----------------------------------------------------------------------------
 # Fitting with early stopping: one epoch body, driven by the host or in-graph.
 
@@ -178,26 +297,37 @@ class FitCarry(NamedTuple):
   Attributes:
     epoch: int32 scalar, epochs completed.
     params, batch_stats, opt_state: the current training state.
-    best: variables with the lowest validation loss so far.
-    best_val_loss: float32 scalar; inf before the first epoch.
+    best: variables of the best validation score so far.
+    best_score: float32 scalar, the selection metric of `best` (higher is
+      better: minus the loss when selecting on loss); -inf before the first
+      epoch.
+    best_val_loss: float32 scalar, the validation loss of `best`; inf before.
     bad_epochs: int32 scalar, epochs since the last improvement.
-    train_loss, val_loss, val_accuracy: float32 (num_epochs,), NaN until run.
+    train_loss, val_loss, val_accuracy, val_balanced_accuracy, val_macro_f1:
+      float32 (num_epochs,), NaN until run.
   """
   epoch: jax.Array
   params: Any
   batch_stats: Any
   opt_state: Any
   best: Variables
+  best_score: jax.Array
   best_val_loss: jax.Array
   bad_epochs: jax.Array
   train_loss: jax.Array
   val_loss: jax.Array
   val_accuracy: jax.Array
+  val_balanced_accuracy: jax.Array
+  val_macro_f1: jax.Array
 
 
 @flax.struct.dataclass
 class FitSpec:
-  """The static part of a fit: what to train, how, on how much data."""
+  """The static part of a fit: what to train, how, on how much data.
+
+  `select_on` (one of SELECTION_METRICS) picks the best epoch and drives early
+  stopping; `balance` says how the loss and the batches counter imbalance.
+  """
   model: Any = flax.struct.field(pytree_node=False)
   tx: Any = flax.struct.field(pytree_node=False)
   batch_size: int = flax.struct.field(pytree_node=False)
@@ -205,15 +335,21 @@ class FitSpec:
   num_epochs: int = flax.struct.field(pytree_node=False)
   patience: int = flax.struct.field(pytree_node=False)
   augment_config: Any = flax.struct.field(pytree_node=False)
+  select_on: str = flax.struct.field(pytree_node=False, default="loss")
+  balance: Balance = flax.struct.field(pytree_node=False, default=Balance())
 
 
 def make_fit_spec(model, train_config, augment_config, num_train: int) -> FitSpec:
   """A FitSpec from the `train` and `augment` config sections."""
   per_epoch = batches.steps_per_epoch(num_train, train_config.batch_size)
   tx = make_optimizer(train_config, per_epoch * train_config.num_epochs, per_epoch)
+  select_on = train_config.get("select_on", "loss")
+  if select_on not in SELECTION_METRICS:
+    raise ValueError(f"train.select_on={select_on!r}: expected one of {SELECTION_METRICS}")
   return FitSpec(model, tx, train_config.batch_size, train_config.eval_batch_size,
                  train_config.num_epochs, train_config.patience,
-                 ml_collections.FrozenConfigDict(augment_config))
+                 ml_collections.FrozenConfigDict(augment_config), select_on,
+                 make_balance(train_config))
 
 
 def init_fit(spec: FitSpec, variables: Variables) -> FitCarry:
@@ -222,8 +358,9 @@ def init_fit(spec: FitSpec, variables: Variables) -> FitCarry:
   carry = FitCarry(
       epoch=jnp.int32(0), params=variables["params"], batch_stats=variables["batch_stats"],
       opt_state=spec.tx.init(variables["params"]), best=variables,
-      best_val_loss=jnp.float32(jnp.inf), bad_epochs=jnp.int32(0),
-      train_loss=nan, val_loss=nan, val_accuracy=nan)
+      best_score=jnp.float32(-jnp.inf), best_val_loss=jnp.float32(jnp.inf),
+      bad_epochs=jnp.int32(0), train_loss=nan, val_loss=nan, val_accuracy=nan,
+      val_balanced_accuracy=nan, val_macro_f1=nan)
   # Every leaf gets a buffer of its own: `fit` donates the carry to each epoch,
   # and a buffer shared by two leaves (or with the caller's variables) cannot
   # be donated twice.
@@ -234,25 +371,33 @@ def end_epoch(spec: FitSpec, carry: FitCarry, params, batch_stats, opt_state,
               train_loss: jax.Array, val: DeviceData) -> FitCarry:
   """Validates the epoch's parameters and updates the early-stopping state."""
   variables = {"params": params, "batch_stats": batch_stats}
-  val_loss, val_accuracy = mean_loss_and_accuracy(spec.model, variables, val, spec.eval_batch_size)
-  improved = val_loss < carry.best_val_loss
+  metrics = validation_metrics(
+      predict(spec.model, variables, val.images, spec.eval_batch_size), val.labels)
+  score = -metrics["loss"] if spec.select_on == "loss" else metrics[spec.select_on]
+  improved = score > carry.best_score
   best = jax.tree.map(lambda new, old: jnp.where(improved, new, old), variables, carry.best)
   record = lambda history, value: history.at[carry.epoch].set(value)
   return FitCarry(
       epoch=carry.epoch + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
-      # `where`, not `minimum`: a diverged (NaN) epoch must not poison the best.
-      best=best, best_val_loss=jnp.where(improved, val_loss, carry.best_val_loss),
+      # `where`, not `maximum`: a diverged (NaN) epoch must not poison the best.
+      best=best, best_score=jnp.where(improved, score, carry.best_score),
+      best_val_loss=jnp.where(improved, metrics["loss"], carry.best_val_loss),
       bad_epochs=jnp.where(improved, 0, carry.bad_epochs + 1),
       train_loss=record(carry.train_loss, train_loss),
-      val_loss=record(carry.val_loss, val_loss),
-      val_accuracy=record(carry.val_accuracy, val_accuracy))
+      val_loss=record(carry.val_loss, metrics["loss"]),
+      val_accuracy=record(carry.val_accuracy, metrics["accuracy"]),
+      val_balanced_accuracy=record(carry.val_balanced_accuracy, metrics["balanced_accuracy"]),
+      val_macro_f1=record(carry.val_macro_f1, metrics["macro_f1"]))
 
 
 def fit_epoch(spec: FitSpec, carry: FitCarry, train: DeviceData, val: DeviceData,
               rng: jax.Array) -> FitCarry:
   """One epoch over device-resident data (one `lax.scan`), then `end_epoch`."""
   per_epoch = batches.steps_per_epoch(train.size, spec.batch_size)
-  loss_fn = classification_loss(spec.model, spec.batch_size, train, spec.augment_config)
+  num_classes = spec.model.num_classes
+  loss_fn = classification_loss(spec.model, spec.batch_size, train, spec.augment_config,
+                                spec.balance.weights(train.labels, num_classes),
+                                spec.balance.sampling_probabilities(train.labels, num_classes))
   params, batch_stats, opt_state, metrics = minimize(
       loss_fn, carry.params, carry.batch_stats, spec.tx, carry.opt_state, rng,
       carry.epoch * per_epoch, per_epoch)
@@ -270,8 +415,11 @@ def fit_should_continue(spec: FitSpec, carry: FitCarry) -> jax.Array:
 def fit_result(carry: FitCarry) -> tuple[Variables, dict]:
   """The best variables and a history dict (per-epoch arrays, NaN after a stop)."""
   info = {"epochs": carry.epoch, "best_val_loss": carry.best_val_loss,
+          "best_score": carry.best_score,
           "train_loss": carry.train_loss, "val_loss": carry.val_loss,
-          "val_accuracy": carry.val_accuracy}
+          "val_accuracy": carry.val_accuracy,
+          "val_balanced_accuracy": carry.val_balanced_accuracy,
+          "val_macro_f1": carry.val_macro_f1}
   return carry.best, info
 
 
@@ -291,9 +439,19 @@ def _streamed_epoch(spec: FitSpec, stream: StreamedData, rng: jax.Array):
   The one Python loop over steps: each step waits on the input pipeline anyway.
   """
 
+  if spec.balance.sampling != "uniform":
+    raise ValueError(f"train.sampling={spec.balance.sampling!r} needs data.pipeline='device' "
+                     "(grain streams epoch-wise shuffles); class_weighting works with both")
+  weights = None
+  if spec.balance.class_weighting != "none":
+    if stream.class_counts is None:
+      raise ValueError("train.class_weighting needs the stream's class counts")
+    labels_seen = np.repeat(np.arange(stream.class_counts.size), stream.class_counts)
+    weights = spec.balance.weights(jnp.asarray(labels_seen), spec.model.num_classes)
+
   def loss_fn(params, batch_stats, images, labels, step):
     images, labels = batches.prepare_batch(images, labels, rng, step, spec.augment_config)
-    return supervised_loss(spec.model, params, batch_stats, images, labels)
+    return supervised_loss(spec.model, params, batch_stats, images, labels, weights)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 

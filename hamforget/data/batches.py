@@ -66,10 +66,13 @@ class StreamedData:
     steps_per_epoch: batches per epoch.
     to_global: maps a process-local batch to the global (sharded) batch;
       the identity on one process without a mesh.
+    class_counts: int64 (K,) examples per class of the whole stream (what
+      class-weighted losses weigh by), or None when unknown.
   """
   iterator: Iterator[dict[str, np.ndarray]]
   steps_per_epoch: int
   to_global: Callable[[Any], Any] = lambda batch: batch
+  class_counts: np.ndarray | None = None
 
   def next_batch(self) -> tuple[jax.Array, jax.Array]:
     """(images uint8 (B, H, W, C), labels int32 (B,)) of the next step, global."""
@@ -96,7 +99,7 @@ def stream(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int, *
   to_global = (lambda batch: batch) if mesh is None else (
       lambda batch: sharding.global_batch(batch, mesh))
   return StreamedData(iterator, pipeline.steps_per_epoch(len(labels), per_process, processes),
-                      to_global)
+                      to_global, np.bincount(np.asarray(labels, np.int64)))
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
@@ -140,13 +143,22 @@ def prepare_batch(images: jax.Array, labels: jax.Array, rng: jax.Array, step: ja
 
 
 def sample_batch(data: DeviceData, rng: jax.Array, step: jax.Array, batch_size: int,
-                 augment_config=None) -> tuple[jax.Array, jax.Array]:
+                 augment_config=None, probabilities: jax.Array | None = None
+                 ) -> tuple[jax.Array, jax.Array]:
   """The normalised (and, given a config, augmented) batch of `step`.
+
+  With `probabilities` (N,) the batch is drawn with replacement from them
+  (class-balanced sampling, say) with the key fold_in(fold_in(rng, 0), step),
+  still a pure function of the step; without, epoch-wise shuffles.
 
   Returns images float32 (B, H, W, C) in [-1, 1] and labels int32 (B,), both
   sharded over the `data` mesh axis when a mesh is in context.
   """
-  index = batch_indices(jax.random.fold_in(rng, 0), step, data.size, batch_size)
+  if probabilities is None:
+    index = batch_indices(jax.random.fold_in(rng, 0), step, data.size, batch_size)
+  else:
+    index = jax.random.choice(jax.random.fold_in(jax.random.fold_in(rng, 0), step), data.size,
+                              (batch_size,), p=probabilities)
   return prepare_batch(data.images[index], data.labels[index], rng, step, augment_config)
 
 

@@ -91,6 +91,18 @@ def fit_and_report(model, recipe_config, augment_config, variables, retain: batc
   return new_variables, info
 
 
+def retain_class_weights(config, retain: batches.DeviceData, num_classes: int):
+  """Class weights (K,) of the recipe's `train.class_weighting`, by the retain
+  set's counts (the forgotten examples never count), or None (plain mean).
+
+  Operators weight their retain cross-entropy with these so that they keep
+  the minority classes the balanced original learnt; they sample uniformly.
+  """
+  if "train" not in config:
+    return None
+  return train.make_balance(config.train).weights(retain.labels, num_classes)
+
+
 # ----------------------------------------------------------------------------
 # Batches.
 
@@ -189,11 +201,13 @@ def wrong_labels(rng: jax.Array, labels: jax.Array, num_classes: int) -> jax.Arr
 
 def random_label_loss(model, retain: batches.DeviceData, forget: batches.DeviceData,
                       num_classes: int, batch_size: int, forget_batch_size: int,
-                      augment_config=None) -> train.LossFn:
+                      augment_config=None, retain_weights: jax.Array | None = None
+                      ) -> train.LossFn:
   """A `minimize` loss: mean CE over [retain batch; forget batch with wrong labels].
 
   The wrong labels of step t are drawn with fold_in(fold_in(rng, 2), t); one
-  forward pass over the concatenated batch, BatchNorm in train mode.
+  forward pass over the concatenated batch, BatchNorm in train mode. With
+  `retain_weights` (K,) each retain example's CE is weighted by its class.
   """
 
   def loss_fn(params, batch_stats, rng, step):
@@ -205,6 +219,8 @@ def random_label_loss(model, retain: batches.DeviceData, forget: batches.DeviceD
         model, {"params": params, "batch_stats": batch_stats},
         jnp.concatenate([retain_images, forget_images]), train=True)
     losses = train.cross_entropy(logits, jnp.concatenate([retain_labels, forget_labels]))
+    if retain_weights is not None:
+      losses = losses.at[:batch_size].multiply(retain_weights[retain_labels])
     return losses.mean(), (batch_stats, {"retain_loss": losses[:batch_size].mean(),
                                          "forget_loss": losses[batch_size:].mean()})
 
@@ -233,7 +249,8 @@ def train_with_random_labels(model, variables, access: base.Access, config, rng:
   """
   retain, forget = access.require(base.RETAIN), access.require(base.FORGET)
   loss_fn = random_label_loss(model, retain, forget, access.num_classes, config.batch_size,
-                              config.forget_batch_size, config.augment)
+                              config.forget_batch_size, config.augment,
+                              retain_class_weights(config, retain, access.num_classes))
   tx = sgd(config.learning_rate, config.momentum, config.weight_decay)
   if update_mask is not None:
     tx = mask_updates(tx, update_mask)

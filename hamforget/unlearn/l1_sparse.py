@@ -57,7 +57,9 @@ def l1_sparse(model, variables, access, request, config, rng):
   retain = access.require(base.RETAIN)
   batch_size = config.batch_size
   num_steps = common.num_steps_for(config.num_epochs, retain.size, batch_size)
-  classification = train.classification_loss(model, batch_size, retain, config.augment)
+  weighting = common.retain_class_weights(config, retain, access.num_classes)
+  classification = train.classification_loss(model, batch_size, retain, config.augment,
+                                             weighting)
 
   def loss_fn(params, batch_stats, rng, step):
     ce, (batch_stats, metrics) = classification(params, batch_stats, rng, step)

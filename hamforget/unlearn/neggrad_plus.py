@@ -76,6 +76,7 @@ def neggrad_plus(model, variables, access, request, config, rng):
   batch_size, forget_batch_size = config.batch_size, config.forget_batch_size
   bound = (config.forget_loss_bound * jnp.log(access.num_classes)
            if config.forget_loss_bound > 0 else jnp.inf)
+  weights = common.retain_class_weights(config, retain, access.num_classes)
 
   def loss_fn(params, batch_stats, rng, step):
     (retain_images, retain_labels), (forget_images, forget_labels) = common.paired_batch(
@@ -83,7 +84,7 @@ def neggrad_plus(model, variables, access, request, config, rng):
     logits, batch_stats = train.apply_model(
         model, {"params": params, "batch_stats": batch_stats},
         jnp.concatenate([retain_images, forget_images]), train=True)
-    retain_loss = train.cross_entropy(logits[:batch_size], retain_labels).mean()
+    retain_loss = train.weighted_cross_entropy(logits[:batch_size], retain_labels, weights)
     forget_losses = train.cross_entropy(logits[batch_size:], forget_labels)
     forget_loss = forget_losses.mean()
     loss = objective(retain_loss, forget_losses, config.alpha, bound)

@@ -75,6 +75,7 @@ def schedule(num_epochs: int, msteps: int, max_steps: int, min_steps: int):
 def scrub(model, variables, access, request, config, rng):
   del request
   retain, forget = access.require(base.RETAIN), access.require(base.FORGET)
+  weights = common.retain_class_weights(config, retain, access.num_classes)
   batch_size, forget_batch_size = config.batch_size, config.forget_batch_size
   temperature = config.temperature
   max_steps = batches.steps_per_epoch(forget.size, forget_batch_size)
@@ -102,7 +103,7 @@ def scrub(model, variables, access, request, config, rng):
     images, labels = batches.sample_batch(retain, jax.random.fold_in(rng, 0), step, batch_size,
                                           config.augment)
     logits, batch_stats, kl = divergence(params, batch_stats, images)
-    ce = train.cross_entropy(logits, labels).mean()
+    ce = train.weighted_cross_entropy(logits, labels, weights)
     return config.gamma * ce + config.alpha * kl, (
         batch_stats, {"forget_kl": nan, "retain_kl": kl, "retain_ce": ce})
 

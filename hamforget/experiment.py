@@ -4,7 +4,8 @@
 
 The workdir receives `config.json` (the resolved config), `splits.csv` (every
 example's split, and for training rows whether it is forgotten),
-`metrics.jsonl` (one JSON object per training epoch and per operator), orbax
+`metrics.jsonl` (one JSON object per training epoch and per operator, each
+stamped with the run id, the time, the model and its fingerprint), orbax
 checkpoints of the original training (`checkpoints/original/<fingerprint>`)
 and of every finished model (`models/<name>`; challenge populations as
 `models/population_<name>`), `timings.json`, and the results and plots of
@@ -89,6 +90,8 @@ def _run(config, workdir: str, mesh, phases: dict[str, float],
   os.makedirs(workdir, exist_ok=True)
   is_writer = jax.process_index() == 0
   started_at = audit.now()
+  log = records.MetricsLog(workdir)
+  logging.info("run %s in %s", log.run_id, workdir)
   if is_writer:
     config_json = config.to_json_best_effort(indent=2)
     superseded.set_aside(workdir, config_json)  # another config's outputs go out of the way
@@ -112,9 +115,11 @@ def _run(config, workdir: str, mesh, phases: dict[str, float],
     with _timed(phases, ORIGINAL):
       variables, info = original.train_original(config, model, data, workdir,
                                                 jax.random.fold_in(rng, 0), mesh,
-                                                should_stop=should_stop)
-    finished = variables, records.cost_record(info, wall_s=phases[ORIGINAL],
-                                              fingerprint=fingerprint)
+                                                should_stop=should_stop, log=log)
+    # Work and compilation apart, as for every operator (`timing`).
+    finished = variables, records.cost_record(
+        info, work_s=info["work_s"], compile_s=info["compile_s"],
+        checkpoint_s=info["checkpoint_s"], fingerprint=fingerprint)
     store.save(ORIGINAL, *finished)
     original_is_new = True
   else:
@@ -134,7 +139,7 @@ def _run(config, workdir: str, mesh, phases: dict[str, float],
     if operator == sisa_runner.NAME:  # trains its own ensemble, two rows (see unlearn/sisa.py)
       with _timed(phases, name):
         sisa_models, sisa_costs, sisa_modules = sisa_runner.run_sisa(
-            config, model, data, workdir, store, like, rng)
+            config, model, data, workdir, store, like, rng, log=log)
       models.update(sisa_models)
       costs.update(sisa_costs)
       modules.update(sisa_modules)
@@ -152,11 +157,9 @@ def _run(config, workdir: str, mesh, phases: dict[str, float],
             operator, config, model, models[ORIGINAL], data, operators.operator_rng(rng, name))
       finished = variables, records.cost_record(info, **timings, fingerprint=fingerprint)
       if is_writer:
-        records.append_json_line(os.path.join(workdir, "metrics.jsonl"),
-                                 {"phase": name, **finished[1],
-                                  "info": records.info_summary(info)})
+        log.append(name, fingerprint, {**finished[1], "info": records.info_summary(info)})
       store.save(name, *finished)
-      progress.say(f"unlearn {name}: {finished[1]['wall_s']:.1f} s "
+      progress.say(f"unlearn {name}: {finished[1]['work_s']:.1f} s "
                    f"(+{finished[1]['compile_s']:.1f} s compile)")
     models[name], costs[name] = finished
 
@@ -174,7 +177,8 @@ def _run(config, workdir: str, mesh, phases: dict[str, float],
         jax.random.fold_in(rng, 10_000), costs, populations=stacked, modules=modules)
   if is_writer:
     with _timed(phases, "report"):
-      report.write_report(workdir, results, per_example, curves, data.dataset.class_names)
+      report.write_report(workdir, results, per_example, curves, data.dataset.class_names,
+                          forget_classes=suite.forget_classes(data.request))
       audit.write_record(workdir, audit.build_record(
           config, data, models, results, started_at=started_at,
           made_from={sisa_runner.NAME: sisa_runner.ORIGINAL_NAME},  # SISA deletes from its own

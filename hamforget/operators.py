@@ -24,10 +24,13 @@ def operator_rng(rng: jax.Array, name: str) -> jax.Array:
 
 
 def bind(name: str, config: ml_collections.ConfigDict, model, data: ExperimentData, rng):
-  """(fn of (variables, access, rng) -> (variables, info), its Access) for operator `name`.
+  """(fn, access, hyper) for operator `name`: fn of (variables, access, rng,
+  hyper) -> (variables, info), the Access it is handed and its traced
+  hyper-parameters (`Operator.traced_keys`: name -> float32 scalar).
 
-  The data reaches the function as an argument (the Access), not closed over:
-  captured arrays would be baked into the program as constants.
+  The data and the traced hyper-parameters reach the function as arguments,
+  not closed over: captured values would be baked into the program as
+  constants, and a new learning rate would compile a new program.
   """
   operator = unlearn.get(name)
   if data.request.kind not in operator.request_kinds:
@@ -40,26 +43,32 @@ def bind(name: str, config: ml_collections.ConfigDict, model, data: ExperimentDa
       forget_classes=list(data.request.classes),
       num_classes=data.num_classes, image_shape=data.image_shape, rng=rng,
       retain_subset_fraction=op_config.get("retain_subset_fraction", 0.0))
-  return lambda v, a, r: operator.fn(model, v, a, data.request, op_config, r), access
+  static, hyper = operator.split_config(op_config)
+
+  def fn(variables, access, rng, hyper):
+    return operator.fn(model, variables, access, data.request, unlearn.join_config(static, hyper),
+                       rng)
+
+  return fn, access, hyper
 
 
 def run_operator(name: str, config, model, variables, data: ExperimentData, rng):
   """Runs one registered operator, jitted whole; returns (variables, info, timings).
 
-  `compile_s` and `wall_s` (execution only) are timed apart: compilation is
+  `compile_s` and `work_s` (execution only) are timed apart: compilation is
   paid once per shape, not per run of a grid.
 
   Raises:
     train.DivergedError: the operator's loss curve in `info` is not finite.
   """
   access_rng, op_rng = jax.random.split(rng)
-  fn, access = bind(name, config, model, data, access_rng)
+  fn, access, hyper = bind(name, config, model, data, access_rng)
   start = time.perf_counter()
   compiled = jax.jit(fn, out_shardings=sharding.replicated()).lower(
-      variables, access, op_rng).compile()
+      variables, access, op_rng, hyper).compile()
   compile_s = time.perf_counter() - start
   start = time.perf_counter()
-  new_variables, info = jax.block_until_ready(compiled(variables, access, op_rng))
-  wall_s = time.perf_counter() - start
+  new_variables, info = jax.block_until_ready(compiled(variables, access, op_rng, hyper))
+  work_s = time.perf_counter() - start
   train.check_info_losses(name, info)  # before a broken model is stored and evaluated
-  return new_variables, info, {"wall_s": wall_s, "compile_s": compile_s}
+  return new_variables, info, {"work_s": work_s, "compile_s": compile_s}

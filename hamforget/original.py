@@ -11,7 +11,7 @@ import os
 
 import jax
 
-from hamforget import checkpoint, progress, records, sharding, train
+from hamforget import checkpoint, progress, records, sharding, timing, train
 from hamforget.data import batches
 from hamforget.data.prepare import ExperimentData
 from hamforget.store import ORIGINAL, model_fingerprint
@@ -35,12 +35,40 @@ def train_batches(config, data: ExperimentData, mesh=None):
   raise ValueError(f"data.pipeline={config.data.pipeline!r}: expected 'device' or 'grain'")
 
 
+class _TimedCheckpoints:
+  """`FitCheckpoints` whose reads and writes are paused time of `watch`: the
+  operators write no checkpoints, so the original's work is timed without them."""
+
+  def __init__(self, inner: checkpoint.FitCheckpoints, watch: timing.Stopwatch):
+    self._inner, self._watch = inner, watch
+
+  def restore_latest(self, *args, **kwargs):
+    with self._watch.pause():
+      return self._inner.restore_latest(*args, **kwargs)
+
+  def save(self, *args, **kwargs):
+    with self._watch.pause():
+      return self._inner.save(*args, **kwargs)
+
+  def wait(self):
+    with self._watch.pause():
+      return self._inner.wait()
+
+  def __getattr__(self, name):
+    return getattr(self._inner, name)
+
+
 def train_original(config, model, data: ExperimentData, workdir: str, rng,
-                   mesh=None, should_stop=None) -> tuple[train.Variables, dict]:
+                   mesh=None, should_stop=None,
+                   log: records.MetricsLog | None = None) -> tuple[train.Variables, dict]:
   """Trains the original model with early stopping; returns (variables, info).
 
-  Each epoch's losses go to `workdir/metrics.jsonl` and the progress bar.
+  Each epoch's losses go to `log` (metrics.jsonl; one in `workdir` when
+  None), the progress bar, and the absl log when no terminal is attached.
   `should_stop` is `train.fit`'s hook: asked after each checkpointed epoch.
+  `info` holds `work_s`, `compile_s` and `checkpoint_s` (`timing.Stopwatch`)
+  of this invocation: the work excludes compilation and checkpoint I/O, as an
+  operator's does.
 
   Raises:
     train.DivergedError: an epoch's loss is not finite.
@@ -52,27 +80,30 @@ def train_original(config, model, data: ExperimentData, workdir: str, rng,
   variables = init_variables(model, data.image_shape, init_rng)
   # Keyed by config and data: a changed one must not resume the other's training.
   key = model_fingerprint(config, ORIGINAL, data.fingerprint)
+  log = log or records.MetricsLog(workdir)
   checkpoints = checkpoint.FitCheckpoints(os.path.join(workdir, "checkpoints", ORIGINAL, key))
-  bar = progress.bar(spec.num_epochs, f"train {ORIGINAL}")
+  bar = progress.bar(spec.num_epochs, f"train {ORIGINAL}", unit="epoch")
 
   def on_epoch(carry):
     epoch = int(carry.epoch) - 1
-    record = {"phase": ORIGINAL, "epoch": epoch + 1,
-              "train_loss": float(carry.train_loss[epoch]),
+    record = {"epoch": epoch + 1, "train_loss": float(carry.train_loss[epoch]),
               "val_loss": float(carry.val_loss[epoch]),
               "val_accuracy": float(carry.val_accuracy[epoch])}
     if jax.process_index() == 0:
-      records.append_json_line(os.path.join(workdir, "metrics.jsonl"), record)
-    bar.update(1)
+      log.append(ORIGINAL, key, record)
     bar.set_postfix(loss=f"{record['train_loss']:.3f}", val_acc=f"{record['val_accuracy']:.3f}")
+    bar.update(1)
 
   bar.update(checkpoints.latest_step() or 0)
-  try:
-    variables, info = train.fit(spec, variables, train_batches(config, data, mesh),
-                                data.device["val"], fit_rng, checkpoints=checkpoints,
-                                on_epoch=on_epoch, should_stop=should_stop, name=ORIGINAL)
-  finally:  # also on DivergedError/Preempted: an open manager's threads outlive the exit
-    bar.close()
-    checkpoints.close()
+  with timing.Stopwatch() as watch:
+    try:
+      variables, info = train.fit(spec, variables, train_batches(config, data, mesh),
+                                  data.device["val"], fit_rng,
+                                  checkpoints=_TimedCheckpoints(checkpoints, watch),
+                                  on_epoch=on_epoch, should_stop=should_stop, name=ORIGINAL)
+    finally:  # also on DivergedError/Preempted: an open manager's threads outlive the exit
+      bar.close()
+      checkpoints.close()
   steps = info["epochs"] * batches.steps_per_epoch(num_train, spec.batch_size)
-  return variables, dict(info, steps=steps, examples_seen=steps * spec.batch_size)
+  return variables, dict(info, steps=steps, examples_seen=steps * spec.batch_size,
+                         **watch.record(paused_as="checkpoint_s"))

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import secrets
 from typing import Any
 
 import numpy as np
+
+METRICS_FILE = "metrics.jsonl"
 
 
 def append_json_line(path: str, record: dict) -> None:
@@ -34,6 +38,41 @@ def read_json_lines(path: str) -> list[dict]:
       except ValueError:  # JSONDecodeError and UnicodeDecodeError both are
         continue
   return out
+
+
+def new_run_id() -> str:
+  """An id for one invocation: its UTC start to the second and 6 random hex digits
+  (two runs started in the same second stay apart), e.g. 20261201T120000Z-3fa2c1."""
+  start = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+  return f"{start}-{secrets.token_hex(3)}"
+
+
+def utc_now() -> str:
+  """The current UTC time, ISO 8601 to the millisecond."""
+  return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+
+
+class MetricsLog:
+  """A workdir's metrics.jsonl, appended across invocations, every line stamped.
+
+  Each line is {"run_id", "time", "model", "fingerprint", "phase", ...}: the
+  invocation that wrote it (`new_run_id`), when (`utc_now`), the model it is
+  about and that model's fingerprint (`store.model_fingerprint`: the config
+  and data that made it), so the blocks of a rerun, a resumed run or a
+  changed config can be told apart. "phase" repeats the model's name, the
+  key older readers select on.
+  """
+
+  def __init__(self, workdir: str, run_id: str | None = None):
+    self.path = os.path.join(workdir, METRICS_FILE)
+    self.run_id = run_id or new_run_id()
+
+  def append(self, model: str, fingerprint: str, record: dict) -> dict:
+    """Appends one stamped line about `model`; returns it as written."""
+    line = {"run_id": self.run_id, "time": utc_now(), "model": model,
+            "fingerprint": fingerprint, "phase": model, **record}
+    append_json_line(self.path, line)
+    return line
 
 
 def info_summary(info: dict) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Whole runs through the launcher's code path, on small real and synthetic data."""
 
 import json
+import logging
 
 import jax
 import numpy as np
@@ -54,7 +55,8 @@ def probe_operator(tmp_path, monkeypatch):
   unlearn.unregister("probe_operator")
 
 
-def test_ham10000_run_on_the_published_layout_writes_every_output(tmp_path):
+def test_ham10000_run_on_the_published_layout_writes_every_output(tmp_path, caplog):
+  caplog.set_level(logging.INFO, logger="absl")  # pytest's stderr is no terminal: the log speaks
   root = tmp_path / "HAM10000"
   rows = fixtures.read_ham_rows(fixtures.real_ham_metadata(), limit=240)
   fixtures.write_ham10000(root, rows, image_hw=(30, 40))
@@ -71,7 +73,8 @@ def test_ham10000_run_on_the_published_layout_writes_every_output(tmp_path):
   assert set(results) == {"original", "retrain", "retrain_seed2", "finetune"}  # + noise floor
   for name in ("config.json", "splits.csv", "metrics.jsonl", "timings.json", "results.json",
                "results.csv", "results.md", "loss_histograms.png", "per_class_accuracy.png",
-               "relearning_curves.png", "attack_accuracy.png", "per_example_finetune.npz"):
+               "relearning_curves.png", "attack_accuracy.png", "confusion_matrices.png",
+               "per_example_finetune.npz"):
     assert (workdir / name).stat().st_size > 0, name
   table = pd.read_csv(workdir / "splits.csv")
   assert len(table) == len(rows)
@@ -86,6 +89,22 @@ def test_ham10000_run_on_the_published_layout_writes_every_output(tmp_path):
   assert pd.DataFrame(saved).T.loc["retrain", "acc_forget"] == results["retrain"]["acc_forget"]
   with np.load(workdir / "per_example_finetune.npz", allow_pickle=False) as arrays:
     assert arrays["forget_loss"].shape == (len(forgotten),)
+  # Work and compilation apart for every model, the original included.
+  for name, row in results.items():
+    assert row["work_s"] > 0 and row["compile_s"] >= 0, name
+  assert results["original"]["compile_s"] > 0  # its first epoch compiled, not counted as work
+  # Every metrics.jsonl line says which run, model and fingerprint, and when.
+  lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert {line["model"] for line in lines} == {"original", "retrain", "retrain_seed2", "finetune"}
+  assert len({line["run_id"] for line in lines}) == 1
+  assert all(line["fingerprint"] and line["time"] for line in lines)
+  # Per-epoch and evaluation progress reached the log (no terminal attached).
+  messages = [r.getMessage() for r in caplog.records if r.name == "absl"]
+  assert any(m.startswith(f"train original: {config.train.num_epochs}/") for m in messages)
+  evaluated = [m for m in messages if m.startswith("evaluate: ")]
+  assert evaluated and evaluated[-1].endswith("(metrics of finetune)")
+  total = evaluated[-1].split()[1].split("/")[1]
+  assert evaluated[-1].split()[1] == f"{total}/{total}"
 
   # A restarted run finds every model finished, reruns nothing and reproduces
   # the results.

@@ -80,7 +80,8 @@ class Context:
     forget_classes: the request's forgotten classes; () unless a class request.
     class_names: the K class names, in label order.
     costs, retrain_costs: the runs that made this model and the retrained one:
-      {"wall_s", "steps", "examples_seen", "initial_loss", "final_loss"}; a
+      {"work_s", "compile_s", "steps", "examples_seen", "initial_loss",
+      "final_loss"}; a
       missing key (or a missing run: {}) means unknown.
     random_forget_logits: (N_forget, K) logits of an untrained network of the
       same architecture on the forget set (ZRF's reference).

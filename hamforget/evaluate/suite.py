@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hamforget import train
+from hamforget import progress, train
 from hamforget.data.batches import DeviceData
 from hamforget.evaluate import metrics, registry
 from hamforget.evaluate import relearn as relearn_lib
@@ -43,6 +43,11 @@ def model_outputs(model, variables: Variables, data: DeviceData,
   logits = np.asarray(_predict(model, variables, data.images, batch_size), np.float32)
   labels = np.asarray(data.labels, np.int32)
   return {"logits": logits, "labels": labels, "loss": metrics.per_example_loss(logits, labels)}
+
+
+def forget_classes(request) -> tuple[int, ...]:
+  """The label indices a class request forgets; () for group and example requests."""
+  return tuple(int(c) for c in request.classes) if request.kind == "classes" else ()
 
 
 def _first(count: int, limit: int, rng: np.random.Generator) -> np.ndarray:
@@ -133,15 +138,19 @@ def retain_holdout_set(splits: Mapping[str, DeviceData], request, config) -> Dev
 
 
 def _relearn_curves(model, models: Mapping[str, Variables], splits: Mapping[str, DeviceData],
-                    request, config, rng: jax.Array, modules: Mapping[str, Any] | None = None
-                    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+                    request, config, rng: jax.Array, modules: Mapping[str, Any] | None = None,
+                    done=None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
   """Every model's relearning curves (forget, retain), on the same batches; {} when a set is empty.
 
   `modules`: name -> the Flax module of a model that is not `model` (SISA's ensemble).
+  `done`: called with a description after each model (progress).
   """
   modules = modules or {}
+  done = done or (lambda what: None)
   relearn, holdout, _ = relearn_sets(splits, request, config)
   if not (relearn.size and holdout.size):
+    for name in models:
+      done(f"no relearning of {name} (no relearning or held-out examples)")
     return {}, {}
   retain_holdout = retain_holdout_set(splits, request, config)
   forget_curves, retain_curves = {}, {}
@@ -151,6 +160,7 @@ def _relearn_curves(model, models: Mapping[str, Variables], splits: Mapping[str,
         num_steps=int(config.relearn_steps), batch_size=int(config.relearn_batch_size),
         learning_rate=float(config.relearn_learning_rate), eval_batch_size=int(config.batch_size))
     forget_curves[name], retain_curves[name] = np.asarray(forget_curve), np.asarray(retain_curve)
+    done(f"relearning curve of {name}")
   return forget_curves, retain_curves
 
 
@@ -213,7 +223,7 @@ def evaluate_models(model, models: Mapping[str, Variables], splits: Mapping[str,
     class_names: names of the K classes, in label order.
     config: the `config.evaluate` section.
     rng: key of the random model of ZRF and of the relearning batches.
-    costs: name -> {"wall_s", "steps", "examples_seen", "initial_loss",
+    costs: name -> {"work_s", "compile_s", "steps", "examples_seen", "initial_loss",
       "final_loss"} from the runs that made the models (missing = NaN).
     populations: optional name -> variables stacked over a leading axis of
       seeds (the runner's vmapped runs); with `retrain_name` present (2M
@@ -233,32 +243,49 @@ def evaluate_models(model, models: Mapping[str, Variables], splits: Mapping[str,
   costs, modules = costs or {}, modules or {}
   batch_size = int(config.batch_size)
   random_rng, relearn_rng = jax.random.split(rng)
-  per_example = {name: {split: model_outputs(modules.get(name, model), variables, data,
-                                             batch_size)
-                        for split, data in splits.items()}
-                 for name, variables in models.items()}
+  relearning = bool(config.anamnesis and original_name in models)
+  with_populations = bool(populations and retrain_name in populations)
+  # One step per model for its outputs, its relearning and its metrics; one
+  # for the populations: the log says which model the minutes go to.
+  bar = progress.bar(len(models) * (2 + relearning) + with_populations, "evaluate", unit="steps")
+
+  def done(what: str) -> None:
+    bar.set_postfix_str(what)
+    bar.update(1)
+
+  per_example = {}
+  for name, variables in models.items():
+    per_example[name] = {split: model_outputs(modules.get(name, model), variables, data,
+                                              batch_size)
+                         for split, data in splits.items()}
+    done(f"outputs of {name} on {', '.join(splits)}")
   # ZRF's reference: an untrained network of the same architecture.
   random_variables = train.init_variables(model, tuple(splits["forget"].images.shape[1:]),
                                           random_rng)
   random_forget = model_outputs(model, random_variables, splits["forget"], batch_size)["logits"]
   curves, retain_curves = {}, {}
-  if config.anamnesis and original_name in models:
+  if relearning:
     curves, retain_curves = _relearn_curves(model, models, splits, request, config, relearn_rng,
-                                            modules)
+                                            modules, done=done)
   pairs = {}
-  if populations and retrain_name in populations:
+  if with_populations:
     pairs = _challenge_populations(model, populations, splits, batch_size, retrain_name)
+    done(f"populations of {', '.join(populations)}")
 
-  forget_classes = tuple(int(c) for c in request.classes) if request.kind == "classes" else ()
-  results = {name: registry.measure(registry.Context(
-      name=name, outputs=per_example[name], original=per_example.get(original_name),
-      retrain=per_example.get(retrain_name), forget_classes=forget_classes,
-      class_names=tuple(class_names), costs=costs.get(name, {}),
-      retrain_costs=costs.get(retrain_name, {}), random_forget_logits=random_forget,
-      curve=curves.get(name), original_curve=curves.get(original_name),
-      retrain_curve=curves.get(retrain_name), retain_curve=retain_curves.get(name),
-      populations=pairs.get(name), config=config))
-      for name in models}
+  def measured(name: str) -> dict[str, float]:
+    row = registry.measure(registry.Context(
+        name=name, outputs=per_example[name], original=per_example.get(original_name),
+        retrain=per_example.get(retrain_name), forget_classes=forget_classes(request),
+        class_names=tuple(class_names), costs=costs.get(name, {}),
+        retrain_costs=costs.get(retrain_name, {}), random_forget_logits=random_forget,
+        curve=curves.get(name), original_curve=curves.get(original_name),
+        retrain_curve=curves.get(retrain_name), retain_curve=retain_curves.get(name),
+        populations=pairs.get(name), config=config))
+    done(f"metrics of {name}")
+    return row
+
+  results = {name: measured(name) for name in models}
+  bar.close()
   # Summaries read finished rows: retrain's row is every row's reference.
   reference = results.get(retrain_name)
   results = {name: registry.summarise(row, reference) for name, row in results.items()}

@@ -9,7 +9,8 @@ skips finished rows and resumes an interrupted training or deletion from the
 checkpoints still valid (`StageCheckpoints.last_valid`).
 
 Costs: `sisa_original` records the ensemble's training; `sisa` the
-deletion's wall seconds (restores, retraining, checkpoint writes), gradient
+deletion's work seconds (restores, retraining, checkpoint writes: the
+deletion relies on them; its programs are compiled before, in `compile_s`), gradient
 steps and examples seen (with repetition), so the suite's cost columns read
 it against retraining one monolithic model, plus the shards retrained and
 the distinct examples they retrain on.
@@ -53,19 +54,20 @@ def _stacked_like(like, num_shards: int) -> dict:
 def _record(info: dict, fingerprint: str, **extra) -> dict:
   """The stored record (JSON-able) of one sync: cost columns and what it retrained."""
   return records.cost_record(
-      info, wall_s=info["wall_s"], fingerprint=fingerprint,
+      info, work_s=info["wall_s"], fingerprint=fingerprint,
       shards_retrained=info["shards_retrained"], examples_retrained=info["examples_retrained"],
       first_stage=np.asarray(info["first_stage"]).tolist(), **extra)
 
 
 def run_sisa(config, model, data: ExperimentData, workdir: str, store: ModelStore, like,
-             rng: jax.Array) -> tuple[dict, dict, dict]:
+             rng: jax.Array, log: records.MetricsLog | None = None) -> tuple[dict, dict, dict]:
   """Trains the SISA ensemble and deletes the forget set from it, or restores both.
 
   Args:
     model: the shard model (the experiment's architecture).
     like: one model's variables (shapes and placement).
     rng: the experiment's key (SISA's is derived from it by name).
+    log: the run's metrics.jsonl (one in `workdir` when None).
 
   Returns:
     (models, costs, modules): name -> ensemble variables / stored record /
@@ -97,12 +99,12 @@ def run_sisa(config, model, data: ExperimentData, workdir: str, store: ModelStor
         record = _record(info, fingerprint, compile_s=trainer.compile_s)
         finished[ORIGINAL_NAME] = trainer.variables(), record
         store.save(ORIGINAL_NAME, *finished[ORIGINAL_NAME])
-        _log(workdir, ORIGINAL_NAME, record)
+        _log(log or records.MetricsLog(workdir), ORIGINAL_NAME, record)
       info = trainer.sync(layout.without(data.forget_mask))
       record = _record(info, fingerprint, compile_s=0.0)
       finished[NAME] = trainer.variables(), record
       store.save(NAME, *finished[NAME])
-      _log(workdir, NAME, record)
+      _log(log or records.MetricsLog(workdir), NAME, record)
     finally:
       trainer.close()
   module = build.ensemble_model(model, op_config, num_shards)
@@ -111,8 +113,8 @@ def run_sisa(config, model, data: ExperimentData, workdir: str, store: ModelStor
   return models, costs, {name: module for name in finished}
 
 
-def _log(workdir: str, name: str, record: dict) -> None:
+def _log(log: records.MetricsLog, name: str, record: dict) -> None:
   if jax.process_index() == 0:
-    records.append_json_line(os.path.join(workdir, "metrics.jsonl"), {"phase": name, **record})
-  progress.say(f"{name}: {record['wall_s']:.1f} s, {record['shards_retrained']} shards "
+    log.append(name, record["fingerprint"], record)
+  progress.say(f"{name}: {record['work_s']:.1f} s, {record['shards_retrained']} shards "
                f"retrained on {record['examples_retrained']} examples")

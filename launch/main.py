@@ -5,7 +5,10 @@ r"""Runs one experiment: train, unlearn, evaluate, report.
         --config.data.root=/data/HAM10000 --config.forget.kind=groups \
         --config.forget.fraction=0.1
 
-Any config key can be overridden with --config.<section>.<key>=value. On
+Any config key can be overridden with --config.<section>.<key>=value;
+`--print_config` prints every key of the resolved config and the registered
+operators, then exits (a mistyped key is refused on one line, with the
+closest key). On
 several hosts (TPU VM pods, GPU clusters) run the same command on every host:
 `jax.distributed.initialize()` is called when the environment says so (see
 hamforget/sharding.py).
@@ -29,9 +32,17 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from hamforget import config_checks  # no JAX: checks the config before JAX starts
+from launch import config_help  # no JAX either
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/mnist.py", "Experiment config file.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (created).", required=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    config_help.CONFIG_FLAG, config_help.DEFAULT_CONFIG,
+    "Experiment config file, `path` or `path:arg` (e.g. configs/mnist.py:local); override "
+    "any key with --config.<section>.<key>=value (see --print_config).")
+_WORKDIR = flags.DEFINE_string("workdir", None,
+                               "Output directory (created); required unless --print_config.")
+_PRINT_CONFIG = flags.DEFINE_bool(
+    "print_config", False,
+    "Print the resolved config (file and overrides) and the registered operators, then exit.")
 _COMPILATION_CACHE = flags.DEFINE_string(
     "compilation_cache", None,
     "Folder of JAX's persistent compilation cache: a rerun (another workdir, one "
@@ -77,6 +88,11 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_QuietLibraries())
   config = _CONFIG.value
+  if _PRINT_CONFIG.value:
+    print(config_help.describe(config))
+    return
+  if not _WORKDIR.value:
+    raise app.UsageError("--workdir is required (the run's output directory)")
   try:  # before JAX starts: a config that cannot run fails at once
     config_checks.check_config(config, _WORKDIR.value)
   except config_checks.ConfigError as error:
@@ -117,4 +133,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=config_help.parse_flags)

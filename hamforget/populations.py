@@ -58,16 +58,16 @@ def build_populations(config, model, original, data: ExperimentData, names, rng,
       populations[name] = finished[0]
       continue
     access_rng, op_rng = jax.random.split(operators.operator_rng(rng, name))
-    fn, access = operators.bind(name, config, model, data, access_rng)
+    fn, access, hyper = operators.bind(name, config, model, data, access_rng)
 
-    def seeds(variables, access, keys, fn=fn):
-      return jax.lax.map(lambda key: fn(variables, access, key)[0], keys,
+    def seeds(variables, access, keys, hyper, fn=fn):
+      return jax.lax.map(lambda key: fn(variables, access, key, hyper)[0], keys,
                          batch_size=batch if batch > 1 else None)
     progress.say(f"population of {size} x {name} ({batch} at a time) ...")
     start = time.perf_counter()
     populations[name] = jax.block_until_ready(
         jax.jit(seeds, out_shardings=sharding.replicated())(
-            original, access, jax.random.split(op_rng, size)))
+            original, access, jax.random.split(op_rng, size), hyper))
     seconds = time.perf_counter() - start
     progress.say(f"population of {size} x {name}: {seconds:.0f} s (compile included)")
     if store is not None:

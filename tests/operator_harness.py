@@ -70,12 +70,22 @@ class Harness:
         image_shape=problem.retain.images.shape[1:], rng=rng,
         retain_subset_fraction=self.config(name).get("retain_subset_fraction", 0.0))
 
+  def hyper(self, name: str) -> dict:
+    """The operator's traced hyper-parameters as the runner passes them (float32 scalars)."""
+    return unlearn.get(name).split_config(self.config(name))[1]
+
   @functools.cache
   def jitted(self, name: str):
-    """jit of (variables, access, rng) -> (new variables, info)."""
-    op, problem, config = unlearn.get(name), learnable.problem(), self.config(name)
-    return jax.jit(lambda variables, access, rng: op.fn(
-        problem.model, variables, access, problem.request, config, rng))
+    """(variables, access, rng, hyper=None) -> (new variables, info), jitted as
+    the runner does it: the traced hyper-parameters are arguments (None: the
+    config's own values)."""
+    op, problem = unlearn.get(name), learnable.problem()
+    static, default_hyper = op.split_config(self.config(name))
+    jitted = jax.jit(lambda variables, access, rng, hyper: op.fn(
+        problem.model, variables, access, problem.request, unlearn.join_config(static, hyper),
+        rng))
+    return lambda variables, access, rng, hyper=None: jitted(
+        variables, access, rng, default_hyper if hyper is None else hyper)
 
   @functools.cache
   def run(self, name: str):
@@ -96,8 +106,9 @@ class Harness:
     assert_trees_equal(before, jax.tree.map(
         np.asarray, (problem.variables, access, jax.random.key_data(jax.random.key(0)))))
 
-  def check_vmap_matches_separate(self, name: str, accesses, rngs):
-    """vmap over (access, rng) pairs gives what separate calls give.
+  def check_vmap_matches_separate(self, name: str, accesses, rngs, hypers=None):
+    """vmap over (access, rng, hyper) triples gives what separate calls give
+    (hypers: traced hyper-parameter dicts, the config's own by default).
 
     Batched convolutions sum in another order; over a run, gradient ascent
     and Adam's sign-like steps amplify that 1e-7 drift, most in near-dead
@@ -108,10 +119,13 @@ class Harness:
     relative L2 norm, and loss curves within 1%. A member given another's data
     or key is off by O(1)."""
     problem = learnable.problem()
-    separate = [self.jitted(name)(problem.variables, a, r) for a, r in zip(accesses, rngs)]
+    hypers = hypers or [self.hyper(name)] * len(accesses)
+    separate = [self.jitted(name)(problem.variables, a, r, h)
+                for a, r, h in zip(accesses, rngs, hypers)]
     stack = lambda *xs: jnp.stack(xs)
-    batched = jax.jit(jax.vmap(self.jitted(name), in_axes=(None, 0, 0)))(
-        problem.variables, jax.tree.map(stack, *accesses), jnp.stack(rngs))
+    batched = jax.jit(jax.vmap(self.jitted(name), in_axes=(None, 0, 0, 0)))(
+        problem.variables, jax.tree.map(stack, *accesses), jnp.stack(rngs),
+        jax.tree.map(stack, *hypers))
     relative = lambda x, y: float(jnp.linalg.norm(x - y) / jnp.linalg.norm(y))
     for i, (variables, info) in enumerate(separate):
       member_variables, member_info = jax.tree.map(lambda x: x[i], batched)

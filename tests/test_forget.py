@@ -149,5 +149,5 @@ def test_operators_validate_on_the_unlearning_split(tmp_path):
   data = prepare.prepare_data(config)
   assert 0 in data.host["val"].labels and 0 not in data.host["unlearn_val"].labels
   model = build_model(config.model, data.num_classes)
-  _, access = operators.bind("finetune", config, model, data, jax.random.key(0))
+  _, access, _ = operators.bind("finetune", config, model, data, jax.random.key(0))
   np.testing.assert_array_equal(np.asarray(access.val.labels), data.host["unlearn_val"].labels)

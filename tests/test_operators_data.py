@@ -102,6 +102,33 @@ def test_vmap_over_requests_matches_separate_runs(name):
       [jax.random.key(0), jax.random.key(1)])
 
 
+@pytest.mark.parametrize("name", ["neggrad_plus", "scrub"])
+def test_vmap_over_learning_rates_matches_separate_runs(name):
+  """Learning rates are traced arguments: two of them, batched with vmap in
+  one program (one compilation), give what two separate calls give."""
+  hyper = short.hyper(name)
+  faster = {**hyper, "learning_rate": hyper["learning_rate"] * 3}
+  access = short.access(name)
+  short.check_vmap_matches_separate(name, [access, access],
+                                    [jax.random.key(0), jax.random.key(0)], [hyper, faster])
+
+
+def test_a_new_learning_rate_compiles_no_new_program():
+  """The lowered program does not depend on a traced hyper-parameter's value
+  (so JAX's caches, in memory and on disk, serve every value of a grid);
+  the test above shows the value reaches the computation."""
+  problem, name = learnable.problem(), "neggrad_plus"
+  op = unlearn.get(name)
+  static, hyper = op.split_config(short.config(name))
+  assert {"learning_rate", "alpha", "momentum", "weight_decay"} <= set(hyper)
+  assert "num_epochs" not in hyper  # a step count stays static
+  fn = jax.jit(lambda variables, access, rng, hyper: op.fn(
+      problem.model, variables, access, problem.request, unlearn.join_config(static, hyper), rng))
+  access = short.access(name)
+  lower = lambda hyper: fn.lower(problem.variables, access, jax.random.key(0), hyper).as_text()
+  assert lower(hyper) == lower({**hyper, "learning_rate": jnp.float32(0.5)})
+
+
 def test_retrain_on_8_devices_matches_one():
   """The gold standard does not depend on the device count: retrain with its
   batches sharded over 8 virtual devices computes what it computes on one."""

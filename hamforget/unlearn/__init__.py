@@ -25,8 +25,8 @@ import pkgutil
 # Modules of this package that are not operators.
 NOT_OPERATORS = frozenset({"base", "common", "catalog"})
 
-_REGISTRY_API = frozenset({"Access", "Operator", "get", "make_access", "names", "register",
-                           "unregister"})
+_REGISTRY_API = frozenset({"Access", "Operator", "get", "join_config", "make_access", "names",
+                           "register", "unregister"})
 
 
 def operator_modules(path=None) -> list[tuple[str, str]]:

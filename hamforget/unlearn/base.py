@@ -98,11 +98,33 @@ class Operator:
   needs: frozenset[str]
   defaults: dict[str, Any]
   request_kinds: tuple[str, ...] = forget.KINDS
+  static: frozenset[str] = frozenset()
 
   @property
   def zero_shot(self) -> bool:
     """Sees no training example (it may still report curves on the probe)."""
     return not self.needs - {PROBE}
+
+  @property
+  def traced_keys(self) -> tuple[str, ...]:
+    """The hyper-parameters that reach the compiled program as arguments.
+
+    Every float of the defaults (learning rates, loss weights, temperatures,
+    bounds) except those in `static` and those named `*epochs` or
+    `*fraction`, which set a step count or a shape: a new value of a traced key reuses
+    the compiled program (and JAX's persistent cache across processes), and
+    a grid of them can be vmapped.
+    """
+    return tuple(sorted(key for key, value in self.defaults.items()
+                        if isinstance(value, float) and key not in self.static
+                        and not key.endswith(STATIC_SUFFIXES)))
+
+  def split_config(self, config) -> tuple[dict[str, Any], dict[str, jax.Array]]:
+    """(config as a dict with the traced keys removed, those keys as float32 scalars)."""
+    static = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    traced = {key: jnp.float32(static.pop(key)) for key in self.traced_keys}
+    return static, traced
+
 
   def make_config(self, overrides=None, train=None, augment=None) -> ml_collections.FrozenConfigDict:
     """Defaults, then `overrides` (unknown keys are an error), plus the original recipe."""
@@ -120,12 +142,25 @@ class Operator:
     return ml_collections.FrozenConfigDict(config)
 
 
+# Floats that count epochs or carve a split: step counts and shapes, static always.
+STATIC_SUFFIXES = ("epochs", "fraction")
+
+
+def join_config(static: dict[str, Any], traced: dict[str, Any]) -> ml_collections.ConfigDict:
+  """The operator config of `Operator.split_config`'s halves (traced values may be tracers)."""
+  return ml_collections.ConfigDict({**static, **traced})
+
+
 _REGISTRY: dict[str, Operator] = {}
 
 
 def register(name: str, *, needs: set[str] | frozenset[str], defaults: dict[str, Any],
-             request_kinds: tuple[str, ...] = forget.KINDS):
+             request_kinds: tuple[str, ...] = forget.KINDS, static: tuple[str, ...] = ()):
   """Decorator: registers `fn` as operator `name` with its data needs and defaults.
+
+  `static` names the float hyper-parameters that must stay Python numbers
+  (they set a step count, a shape or a Python branch); every other float of
+  `defaults` is traced (`Operator.traced_keys`).
 
   Used once in each operator module, as
   `@base.register("<module name>", needs={...}, defaults=DEFAULTS)` with a
@@ -141,7 +176,12 @@ def register(name: str, *, needs: set[str] | frozenset[str], defaults: dict[str,
   def wrap(fn: OperatorFn) -> OperatorFn:
     if name in _REGISTRY:
       raise ValueError(f"operator {name!r} is registered twice")
-    _REGISTRY[name] = Operator(name, fn, frozenset(needs), dict(defaults), tuple(request_kinds))
+    unknown_static = set(static) - set(defaults)
+    if unknown_static:
+      raise ValueError(f"operator {name!r}: static keys {sorted(unknown_static)} are not in "
+                       "its defaults")
+    _REGISTRY[name] = Operator(name, fn, frozenset(needs), dict(defaults), tuple(request_kinds),
+                               frozenset(static))
     return fn
 
   return wrap

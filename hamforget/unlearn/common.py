@@ -31,10 +31,10 @@ from hamforget.unlearn import base
 def recipe(config, *overridden: str) -> ml_collections.ConfigDict:
   """A mutable copy of the original training recipe (`config.train`) in which
   the operator's own values of the keys `overridden` replace the original's."""
-  result = ml_collections.ConfigDict(config.train.to_dict())
-  for key in overridden:
-    result[key] = config[key]
-  return result
+  # Built whole from a dict: an overridden value may be a tracer (a traced
+  # hyper-parameter), which ConfigDict's typed assignment would refuse.
+  return ml_collections.ConfigDict(
+      {**config.train.to_dict(), **{key: config[key] for key in overridden}})
 
 
 def sgd(learning_rate: float, momentum: float, weight_decay: float) -> optax.GradientTransformation:

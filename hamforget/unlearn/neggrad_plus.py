@@ -74,8 +74,8 @@ def neggrad_plus(model, variables, access, request, config, rng):
   del request
   retain, forget = access.require(base.RETAIN), access.require(base.FORGET)
   batch_size, forget_batch_size = config.batch_size, config.forget_batch_size
-  bound = (config.forget_loss_bound * jnp.log(access.num_classes)
-           if config.forget_loss_bound > 0 else jnp.inf)
+  bound = jnp.where(config.forget_loss_bound > 0,  # 0 = unbounded; may be traced
+                    config.forget_loss_bound * jnp.log(access.num_classes), jnp.inf)
   weights = common.retain_class_weights(config, retain, access.num_classes)
 
   def loss_fn(params, batch_stats, rng, step):

@@ -60,7 +60,7 @@ def _timed(phases: dict[str, float], name: str):
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, mesh=None,
-        should_stop=None) -> dict[str, dict[str, float]]:
+        should_stop=None, shared_models: str | None = None) -> dict[str, dict[str, float]]:
   """Runs the whole experiment and writes every output into `workdir`.
 
   Besides the outputs listed in the module docstring, `timings.json` holds the
@@ -71,13 +71,19 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh=None,
   `should_stop` (no arguments -> bool) is asked after each epoch of the
   original's training; when true, training stops at that checkpoint with
   `train.Preempted`, and a rerun resumes there.
+
+  `shared_models` (a folder; a sweep's root) holds originals shared by
+  several runs, each under `models/original-<fingerprint>`: a run whose
+  original is there restores it instead of training it, and a run that
+  trains one leaves it there. The run's own store keeps its copy too, so
+  the workdir stays complete (`launch.verify` reads it alone).
   """
   config_checks.check_config(config, workdir)  # before any work: a bad value fails in seconds
   phases: dict[str, float] = {}
   # One run per workdir: a second one would overwrite this one's files.
   with workdir_lock.hold(workdir, take=jax.process_index() == 0):
     with _timed(phases, "total"):
-      results = _run(config, workdir, mesh, phases, should_stop)
+      results = _run(config, workdir, mesh, phases, should_stop, shared_models)
     if jax.process_index() == 0:
       files.write_json(os.path.join(workdir, "timings.json"),
                        {k: round(v, 2) for k, v in phases.items()}, indent=1)
@@ -85,8 +91,33 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh=None,
   return results
 
 
+def _shared_original(store: ModelStore, shared: ModelStore | None, name: str, like,
+                     fingerprint: str):
+  """The original from the run's store, else from the shared one (copied into the run's)."""
+  finished = store.load(ORIGINAL, like, fingerprint)
+  if finished is None and shared is not None:
+    finished = shared.load(name, like, fingerprint)
+    if finished is not None:
+      logging.info("original: restored from the shared store (%s)", name)
+      store.save(ORIGINAL, *finished)
+  return finished
+
+
+def _share(shared: ModelStore | None, name: str, finished) -> None:
+  """Leaves a newly trained original in the shared store, best effort: the
+  run already has it, and a failed copy (another machine writing the same
+  model at once) costs a later run one training, never a wrong model (the
+  checksum refuses a mixed one)."""
+  if shared is None:
+    return
+  try:
+    shared.save(name, *finished)
+  except Exception as e:  # pylint: disable=broad-except
+    logging.warning("original: not shared (%s)", files.describe_error(e))
+
+
 def _run(config, workdir: str, mesh, phases: dict[str, float],
-         should_stop=None) -> dict[str, dict[str, float]]:
+         should_stop=None, shared_models: str | None = None) -> dict[str, dict[str, float]]:
   os.makedirs(workdir, exist_ok=True)
   is_writer = jax.process_index() == 0
   started_at = audit.now()
@@ -108,9 +139,12 @@ def _run(config, workdir: str, mesh, phases: dict[str, float],
   store = ModelStore(workdir)
   like = original.init_variables(model, data.image_shape, jax.random.key(0))
 
-  # The original: trained once per config, then restored.
-  fingerprint = model_fingerprint(config, ORIGINAL, data.fingerprint)
-  finished = store.load(ORIGINAL, like, fingerprint)
+  # The original: trained once per training config and data, then restored
+  # (in a sweep, by every run that shares them).
+  fingerprint = original.fingerprint(config, data)
+  shared = ModelStore(shared_models) if shared_models else None
+  shared_name = f"{ORIGINAL}-{fingerprint}"
+  finished = _shared_original(store, shared, shared_name, like, fingerprint)
   if finished is None:
     with _timed(phases, ORIGINAL):
       variables, info = original.train_original(config, model, data, workdir,
@@ -121,6 +155,7 @@ def _run(config, workdir: str, mesh, phases: dict[str, float],
         info, work_s=info["work_s"], compile_s=info["compile_s"],
         checkpoint_s=info["checkpoint_s"], fingerprint=fingerprint)
     store.save(ORIGINAL, *finished)
+    _share(shared, shared_name, finished)
     original_is_new = True
   else:
     logging.info("original: restored finished model")

@@ -17,6 +17,12 @@ from hamforget.data.prepare import ExperimentData
 from hamforget.store import ORIGINAL, model_fingerprint
 
 
+def fingerprint(config, data: ExperimentData) -> str:
+  """The original's store and checkpoint key: the config sections and data
+  it trains from, not the forget request (`store.model_fingerprint`)."""
+  return model_fingerprint(config, ORIGINAL, data.train_fingerprint)
+
+
 def init_variables(model, image_shape: tuple[int, int, int], rng: jax.Array) -> train.Variables:
   """Fresh variables, created replicated over the mesh in context."""
   init = jax.jit(functools.partial(train.init_variables, model, image_shape),
@@ -79,7 +85,7 @@ def train_original(config, model, data: ExperimentData, workdir: str, rng,
   init_rng, fit_rng = jax.random.split(rng)
   variables = init_variables(model, data.image_shape, init_rng)
   # Keyed by config and data: a changed one must not resume the other's training.
-  key = model_fingerprint(config, ORIGINAL, data.fingerprint)
+  key = fingerprint(config, data)
   log = log or records.MetricsLog(workdir)
   checkpoints = checkpoint.FitCheckpoints(os.path.join(workdir, "checkpoints", ORIGINAL, key))
   bar = progress.bar(spec.num_epochs, f"train {ORIGINAL}", unit="epoch")

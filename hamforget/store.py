@@ -26,10 +26,14 @@ from hamforget import files
 
 ORIGINAL = "original"
 
-# Config sections that decide what the original model is. The operators add
-# their own `unlearn.<name>` section; `evaluate`, `mesh` and the data loading
-# knobs (cache, workers) change how a result is measured or computed, not it.
+# Config sections that decide what a model is. The operators add their own
+# `unlearn.<name>` section; `evaluate`, `mesh` and the data loading knobs
+# (cache, workers) change how a result is measured or computed, not it.
 _MODEL_SECTIONS = ("seed", "data", "augment", "model", "train", "forget")
+# The original trains on the whole training split: what is forgotten later
+# does not change it (and keying it by `forget` retrained an identical
+# original for every forget request of a sweep).
+_NOT_IN_ORIGINAL = ("forget",)
 _NOT_IN_FINGERPRINT = {"data": ("cache_dir", "num_workers", "decode_workers")}
 
 
@@ -40,11 +44,16 @@ def model_fingerprint(config: ml_collections.ConfigDict, name: str, data: str) -
     config: the experiment's config; the sections in `_MODEL_SECTIONS` count,
       and for an operator its own `unlearn.<name>` section.
     name: `ORIGINAL` or an operator's name.
-    data: the prepared data's digest (`ExperimentData.fingerprint`): the
-      config names the data by path, and a file edited in place keeps its path.
+    data: the prepared data's digest: the config names the data by path, and
+      a file edited in place keeps its path. For `ORIGINAL` the digest of
+      what it trains on (`ExperimentData.train_fingerprint`, no forget
+      request; the `forget` section does not count either), for every other
+      model `ExperimentData.fingerprint`.
   """
   parts = {"data_digest": data}
   for section in _MODEL_SECTIONS:
+    if name == ORIGINAL and section in _NOT_IN_ORIGINAL:
+      continue
     value = config[section]
     if isinstance(value, ml_collections.ConfigDict):
       value = {k: v for k, v in value.to_dict().items()
@@ -70,6 +79,8 @@ class ModelStore:
   """
 
   def __init__(self, workdir: str):
+    """Keeps models under `workdir/models`; a sweep passes its root to share
+    models (named by fingerprint) between its runs."""
     self._root = os.path.abspath(os.path.join(workdir, "models"))
     self._checkpointer = ocp.StandardCheckpointer()
 

@@ -37,6 +37,10 @@ class ExperimentData:
     fingerprint: `data_fingerprint` of all the above (64 hex digits): the
       stored models and checkpoints are keyed by it, so data edited in place
       is never served a model trained on the old.
+    train_fingerprint: `training_fingerprint` (64 hex digits): the digest of
+      what the original learns from (examples, split, class names; not the
+      forget request), its store key, so runs that differ only in what
+      they forget share one original.
   """
   dataset: Dataset
   split: np.ndarray
@@ -45,6 +49,7 @@ class ExperimentData:
   host: dict[str, Examples]
   device: dict[str, batches.DeviceData]
   fingerprint: str = ""
+  train_fingerprint: str = ""
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
@@ -76,6 +81,20 @@ def unlearning_validation(val: Examples, request: forget_lib.ForgetRequest) -> E
   return val.subset(~np.isin(val.labels, np.asarray(request.classes)))
 
 
+def _update(digest, arrays) -> None:
+  for name, array in arrays:
+    array = np.ascontiguousarray(array)
+    digest.update(f"{name}\0{array.dtype.str}\0{array.shape}\n".encode())
+    digest.update(array.data)
+
+
+def _dataset_arrays(dataset: Dataset, split: np.ndarray):
+  examples = dataset.examples
+  return (("images", examples.images), ("labels", examples.labels),
+          ("groups", examples.groups), ("ids", examples.ids), ("split", split),
+          ("class_names", np.asarray(dataset.class_names, dtype=str)))
+
+
 def data_fingerprint(dataset: Dataset, split: np.ndarray, forget_mask: np.ndarray,
                      request: forget_lib.ForgetRequest) -> str:
   """SHA-256 (hex) of what the models of an experiment learn from.
@@ -85,15 +104,23 @@ def data_fingerprint(dataset: Dataset, split: np.ndarray, forget_mask: np.ndarra
   function of these. Cheap: one pass over uint8 arrays (~1.5 GB/s).
   """
   digest = hashlib.sha256()
-  examples = dataset.examples
-  for name, array in (("images", examples.images), ("labels", examples.labels),
-                      ("groups", examples.groups), ("ids", examples.ids), ("split", split),
-                      ("forget_mask", forget_mask),
-                      ("class_names", np.asarray(dataset.class_names, dtype=str))):
-    array = np.ascontiguousarray(array)
-    digest.update(f"{name}\0{array.dtype.str}\0{array.shape}\n".encode())
-    digest.update(array.data)
+  arrays = list(_dataset_arrays(dataset, split))
+  arrays.insert(5, ("forget_mask", forget_mask))  # the order digests have always had
+  _update(digest, arrays)
   digest.update(repr(request).encode())
+  return digest.hexdigest()
+
+
+def training_fingerprint(dataset: Dataset, split: np.ndarray) -> str:
+  """SHA-256 (hex) of what the original learns from: the examples (ids,
+  groups, labels, image bytes), the split and the class names.
+
+  The original trains on the whole training split and selects on the whole
+  validation split, so the forget request is not part of it: two runs that
+  forget different classes of the same data share one original.
+  """
+  digest = hashlib.sha256()
+  _update(digest, _dataset_arrays(dataset, split))
   return digest.hexdigest()
 
 
@@ -129,4 +156,5 @@ def prepare_data(config: ml_collections.ConfigDict, mesh=None) -> ExperimentData
   device = {name: batches.to_device(part.images, part.labels, mesh)
             for name, part in parts.items()}
   return ExperimentData(dataset, split, mask, request, parts, device,
-                        data_fingerprint(dataset, split, mask, request))
+                        data_fingerprint(dataset, split, mask, request),
+                        training_fingerprint(dataset, split))

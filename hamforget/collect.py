@@ -29,6 +29,7 @@ from hamforget import files, grid, sweep
 METRICS = ("acc_retain", "acc_forget", "acc_test", "mia_acc", "gap_to_retrain", "bal_acc_test",
            "mia_auc", "ain", "zrf", "js_to_retrain_forget", "work_s")
 NOT_A_SETTING = ("seed", "unlearn.methods")
+RETRAIN = "retrain"
 LEVEL = 0.95
 
 
@@ -140,7 +141,9 @@ def plot(table: pd.DataFrame, folder: str, metrics: Sequence[str] = METRICS) -> 
 
   `forget_vs_retain.png`: every model and setting at its mean forget and
   retain accuracy, with 95% intervals, one colour per model.
-  `<metric>_vs_<key>.png`: for each numeric swept key with several values,
+  `mia_vs_retrain.png`: every model's attack accuracy against retrain's at
+  its setting.
+  `metrics_vs_<key>.png`: for each numeric swept key with several values,
   each metric against it, a line per model and value of the other settings.
   """
   import matplotlib  # pylint: disable=g-import-not-at-top
@@ -157,10 +160,16 @@ def plot(table: pd.DataFrame, folder: str, metrics: Sequence[str] = METRICS) -> 
       ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o", capsize=3, label=str(model))
     ax.set_xlabel("retain accuracy")
     ax.set_ylabel("forget accuracy")
+    # Accuracies: a t-interval over 2 seeds reaches far past [0, 1].
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    low, high = int(table["n"].min()), int(table["n"].max())
     ax.set_title(f"forget vs retain accuracy (mean, {LEVEL:.0%} interval over seeds; "
-                 f"n={int(table['n'].min())}-{int(table['n'].max())})", fontsize=9)
+                 f"n={low if low == high else f'{low}-{high}'})", fontsize=9)
     ax.legend(fontsize=7)
     written.append(_save(fig, os.path.join(folder, "forget_vs_retain.png")))
+  if "mia_acc" in table.columns and RETRAIN in set(table["model"]):
+    written.append(_attack_against_retrain(table, settings, folder, plt))
   for key in settings:
     values = table[key].dropna().unique()
     if len(values) < 2 or not all(grid.is_number(v) for v in values):
@@ -181,6 +190,29 @@ def plot(table: pd.DataFrame, folder: str, metrics: Sequence[str] = METRICS) -> 
     name = key[len("cfg."):].replace(".", "_")
     written.append(_save(fig, os.path.join(folder, f"metrics_vs_{name}.png")))
   return written
+
+
+def _attack_against_retrain(table: pd.DataFrame, settings: Sequence[str], folder: str, plt
+                            ) -> str:
+  """`mia_vs_retrain.png`: each model's attack accuracy against retrain's at
+  the same setting: the attack's reference is retrain's value, not 0.5."""
+  reference = table[table["model"] == RETRAIN][[*settings, "mia_acc"]].rename(
+      columns={"mia_acc": "retrain_mia_acc"})
+  merged = table[table["model"] != RETRAIN].merge(reference, on=settings) if settings else (
+      table[table["model"] != RETRAIN].assign(retrain_mia_acc=reference["mia_acc"].iloc[0]))
+  fig, ax = plt.subplots(figsize=(5, 5))
+  for model, group in merged.groupby("model", sort=True):
+    y = group["mia_acc"].to_numpy(float)
+    ax.errorbar(group["retrain_mia_acc"].to_numpy(float), y, fmt="o", capsize=3,
+                yerr=np.nan_to_num(y - group["mia_acc_lo"].to_numpy(float)), label=str(model))
+  ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8, linestyle="--", label="= retrain")
+  ax.set_xlim(-0.02, 1.02)
+  ax.set_ylim(-0.02, 1.02)
+  ax.set_xlabel("retrain's mia_acc (the reference)")
+  ax.set_ylabel("mia_acc")
+  ax.set_title("attack accuracy against retrain's, per setting", fontsize=9)
+  ax.legend(fontsize=7)
+  return _save(fig, os.path.join(folder, "mia_vs_retrain.png"))
 
 
 def _save(fig, path: str) -> str:

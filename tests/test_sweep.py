@@ -157,7 +157,7 @@ def test_two_tasks_split_the_grid_and_collect_merges_their_roots(tmp_path):
   assert set(table.loc[table["model"] == "retrain", "n"]) == {3}
   assert "| scrub | 0.01 | 3 |" in text
   for name in ("grid_results.csv", "grid_results.md", "grid_long.csv", "forget_vs_retain.png",
-               "metrics_vs_unlearn_scrub_learning_rate.png"):
+               "mia_vs_retrain.png", "metrics_vs_unlearn_scrub_learning_rate.png"):
     assert os.path.getsize(os.path.join(roots[0], name)) > 0, name
 
 

@@ -72,11 +72,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh=None,
   original's training; when true, training stops at that checkpoint with
   `train.Preempted`, and a rerun resumes there.
 
-  `shared_models` (a folder; a sweep's root) holds originals shared by
-  several runs, each under `models/original-<fingerprint>`: a run whose
-  original is there restores it instead of training it, and a run that
-  trains one leaves it there. The run's own store keeps its copy too, so
-  the workdir stays complete (`launch.verify` reads it alone).
+  `shared_models` (a folder; a sweep's root) holds the models that several
+  runs share, each under `models/<name>-<fingerprint>`: the original (one
+  per training config and data) and the retrainings (one per forget request
+  and seed, whatever the operator). A run whose model is there restores it
+  instead of making it, and a run that makes one leaves it there. The run's
+  own store keeps its copy too, so the workdir stays complete
+  (`launch.verify` reads it alone).
   """
   config_checks.check_config(config, workdir)  # before any work: a bad value fails in seconds
   phases: dict[str, float] = {}
@@ -91,20 +93,20 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh=None,
   return results
 
 
-def _shared_original(store: ModelStore, shared: ModelStore | None, name: str, like,
-                     fingerprint: str):
-  """The original from the run's store, else from the shared one (copied into the run's)."""
-  finished = store.load(ORIGINAL, like, fingerprint)
-  if finished is None and shared is not None:
-    finished = shared.load(name, like, fingerprint)
-    if finished is not None:
-      logging.info("original: restored from the shared store (%s)", name)
-      store.save(ORIGINAL, *finished)
+def _from_shared(store: ModelStore, shared: ModelStore | None, shared_name: str, name: str,
+                 like, fingerprint: str):
+  """Model `name` from the shared store (copied into the run's), or None."""
+  if shared is None:
+    return None
+  finished = shared.load(shared_name, like, fingerprint)
+  if finished is not None:
+    logging.info("%s: restored from the shared store (%s)", name, shared_name)
+    store.save(name, *finished)
   return finished
 
 
 def _share(shared: ModelStore | None, name: str, finished) -> None:
-  """Leaves a newly trained original in the shared store, best effort: the
+  """Leaves a newly made model in the shared store, best effort: the
   run already has it, and a failed copy (another machine writing the same
   model at once) costs a later run one training, never a wrong model (the
   checksum refuses a mixed one)."""
@@ -144,7 +146,8 @@ def _run(config, workdir: str, mesh, phases: dict[str, float],
   fingerprint = original.fingerprint(config, data)
   shared = ModelStore(shared_models) if shared_models else None
   shared_name = f"{ORIGINAL}-{fingerprint}"
-  finished = _shared_original(store, shared, shared_name, like, fingerprint)
+  finished = store.load(ORIGINAL, like, fingerprint) or _from_shared(
+      store, shared, shared_name, ORIGINAL, like, fingerprint)
   if finished is None:
     with _timed(phases, ORIGINAL):
       variables, info = original.train_original(config, model, data, workdir,
@@ -184,6 +187,11 @@ def _run(config, workdir: str, mesh, phases: dict[str, float],
       fingerprint += f"-{name}"
     # A new original invalidates every model made from it.
     finished = None if original_is_new else store.load(name, like, fingerprint)
+    # Retrain starts from scratch, whatever the original: in a sweep it is
+    # made once per forget request and seed, whatever the operator.
+    shared_name = f"{name}-{fingerprint}" if operator == RETRAIN else None
+    if finished is None and shared_name:
+      finished = _from_shared(store, shared, shared_name, name, like, fingerprint)
     if finished is None:
       progress.say(f"unlearn {name} ...")
       with _timed(phases, name):
@@ -194,6 +202,8 @@ def _run(config, workdir: str, mesh, phases: dict[str, float],
       if is_writer:
         log.append(name, fingerprint, {**finished[1], "info": records.info_summary(info)})
       store.save(name, *finished)
+      if shared_name:
+        _share(shared, shared_name, finished)
       progress.say(f"unlearn {name}: {finished[1]['work_s']:.1f} s "
                    f"(+{finished[1]['compile_s']:.1f} s compile)")
     models[name], costs[name] = finished

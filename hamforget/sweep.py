@@ -7,7 +7,8 @@
 Layout under the sweep's root:
 
     manifest.json          every run (index, name, id, overrides, status)
-    models/                originals shared by the runs (`experiment.run(shared_models=)`)
+    models/                originals and retrains shared by the runs
+                           (`experiment.run(shared_models=)`)
     runs/<name>/           one experiment's workdir, plus:
       sweep_run.json       the run's status record, its id, config digest and
                            flattened config; `status: finished` is the marker

@@ -15,8 +15,9 @@ WORKDIR/runs/<run name>/ (`hamforget.sweep` lists what each holds). A run
 finished with the same config is skipped, so a grid stopped at any point
 (SIGKILL included) restarts where it stopped; a failed run's error is
 recorded in its folder and the manifest, and the others go on. The original
-model is trained once per distinct training config and data, in
-WORKDIR/models, and restored by every run that shares it.
+model is trained once per distinct training config and data, and retrain
+once per forget request and seed, in WORKDIR/models, and restored by every
+run that shares them.
 
 Exit status: 0 when every run of the share finished, 1 when some failed,
 2 for a config or sweep that cannot run (nothing trained), 143 on SIGTERM

@@ -1,8 +1,8 @@
 """Sweeps: grids, manifests, shares, restarts, failures, the shared original, collect.
 
 Most behaviours run on a fake experiment (a function that writes the
-results.json a run would); one short end-to-end sweep of two real runs
-checks what only the real one can: the original trained once for both.
+results.json a run would); one short end-to-end sweep of three real runs
+checks what only the real one can: one original for all, one retrain per request.
 """
 
 import json
@@ -185,9 +185,9 @@ def test_a_restarted_sweep_skips_finished_runs_and_a_failure_does_not_stop_the_r
 
 
 # ----------------------------------------------------------------------------
-# End to end: the real experiment, two runs sharing one original.
+# End to end: the real experiment, three runs sharing one original and one retrain.
 
-def test_two_runs_that_differ_in_forget_class_share_one_original(tmp_path, monkeypatch):
+def test_runs_share_the_original_across_forget_requests_and_retrain_across_operators(tmp_path, monkeypatch):
   import jax
   from hamforget import experiment, sharding
   base = mnist.get_config("local")
@@ -202,12 +202,18 @@ def test_two_runs_that_differ_in_forget_class_share_one_original(tmp_path, monke
   base.evaluate.noise_floor = False
   base.evaluate.ci_resamples = 20
   base.evaluate.mia_splits = 2
-  runs = sweep.plan(base, grid.axis("forget.classes", ["0", "1"]))
+  # The third run differs from the second only in a hyper-parameter of an
+  # operator it does not run: it shares the second's retrain as well.
+  runs = sweep.plan(base, [{"forget.classes": "0"}, {"forget.classes": "1"},
+                           {"forget.classes": "1", "unlearn.finetune.learning_rate": 0.02}])
   root = str(tmp_path / "grid")
-  trained = []
+  trained, made = [], []
   original_train = experiment.original.train_original
   monkeypatch.setattr(experiment.original, "train_original",
                       lambda *a, **k: trained.append(1) or original_train(*a, **k))
+  run_operator = experiment.operators.run_operator
+  monkeypatch.setattr(experiment.operators, "run_operator",
+                      lambda name, *a, **k: made.append(name) or run_operator(name, *a, **k))
   mesh = sharding.make_mesh(2)
 
   def run_one(config, workdir):
@@ -215,10 +221,11 @@ def test_two_runs_that_differ_in_forget_class_share_one_original(tmp_path, monke
       return experiment.run(config, workdir, mesh, shared_models=root)
 
   summary = sweep.run_share(root, runs, run_one)
-  assert len(summary.finished) == 2, summary
-  assert len(trained) == 1  # the second run restored the first's original
-  shared = [n for n in os.listdir(os.path.join(root, "models")) if n.endswith(".json")]
-  assert len(shared) == 1 and shared[0].startswith("original-")
+  assert len(summary.finished) == 3, summary
+  assert len(trained) == 1  # the later runs restored the first's original
+  assert made == ["retrain", "retrain"]  # one per forget request
+  shared = sorted(n for n in os.listdir(os.path.join(root, "models")) if n.endswith(".json"))
+  assert [n.split("-")[0] for n in shared] == ["original", "retrain", "retrain"]
   def record(run, name):
     return json.load(open(os.path.join(run.folder(root), "models", f"{name}.json")))
 
@@ -231,3 +238,7 @@ def test_two_runs_that_differ_in_forget_class_share_one_original(tmp_path, monke
   table, _ = collect.write([root])
   assert set(table["model"]) == {"original", "retrain"}
   assert set(table["cfg.forget.classes"]) == {"0", "1"}
+  # The retrain both class-1 runs share, measured alike in each.
+  retrain = [json.load(open(os.path.join(r.folder(root), "results.json")))["retrain"]
+             for r in runs[1:]]
+  assert retrain[0]["acc_forget"] == retrain[1]["acc_forget"]

@@ -394,10 +394,13 @@ def fit_epoch(spec: FitSpec, carry: FitCarry, train: DeviceData, val: DeviceData
               rng: jax.Array) -> FitCarry:
   """One epoch over device-resident data (one `lax.scan`), then `end_epoch`."""
   per_epoch = batches.steps_per_epoch(train.size, spec.batch_size)
-  num_classes = spec.model.num_classes
+  weights = probabilities = None
+  if spec.balance != Balance():  # plain training asks nothing of the model (any module fits)
+    num_classes = spec.model.num_classes
+    weights = spec.balance.weights(train.labels, num_classes)
+    probabilities = spec.balance.sampling_probabilities(train.labels, num_classes)
   loss_fn = classification_loss(spec.model, spec.batch_size, train, spec.augment_config,
-                                spec.balance.weights(train.labels, num_classes),
-                                spec.balance.sampling_probabilities(train.labels, num_classes))
+                                weights, probabilities)
   params, batch_stats, opt_state, metrics = minimize(
       loss_fn, carry.params, carry.batch_stats, spec.tx, carry.opt_state, rng,
       carry.epoch * per_epoch, per_epoch)

@@ -89,11 +89,11 @@ def test_info_losses_are_checked_where_they_ran():
 def test_run_operator_refuses_a_diverged_operator(monkeypatch):
   """The runner's check: an operator whose loss went NaN is not stored or evaluated."""
 
-  def diverging(variables, access, rng):
-    del access, rng
+  def diverging(variables, access, rng, hyper):
+    del access, rng, hyper
     return variables, {"loss": jnp.array([0.7, jnp.nan]), "steps": jnp.int32(2)}
 
-  monkeypatch.setattr(operators, "bind", lambda *args: (diverging, {}))
+  monkeypatch.setattr(operators, "bind", lambda *args: (diverging, {}, {}))
   variables = {"params": {"w": jnp.ones(3)}, "batch_stats": {}}
   with pytest.raises(train.DivergedError, match=r"^finetune: loss is nan at step 2 of 2"):
     operators.run_operator("finetune", None, None, variables, None, jax.random.key(0))

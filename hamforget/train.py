@@ -151,7 +151,13 @@ def class_weights(labels: jax.Array, num_classes: int, weighting: str,
   """
   if weighting == "none":
     return None
-  counts = jnp.bincount(labels, length=num_classes).astype(jnp.float32)
+  return weights_of_counts(jnp.bincount(labels, length=num_classes), weighting, beta)
+
+
+def weights_of_counts(counts: jax.Array, weighting: str, beta: float = 0.999) -> jax.Array:
+  """`class_weights` from the examples per class (K,) (a stream knows its counts,
+  not its labels on the device); weighting is not "none"."""
+  counts = jnp.asarray(counts, jnp.float32)
   present = counts > 0
   if weighting == "inverse_frequency":
     raw = 1.0 / jnp.maximum(counts, 1.0)
@@ -449,8 +455,10 @@ def _streamed_epoch(spec: FitSpec, stream: StreamedData, rng: jax.Array):
   if spec.balance.class_weighting != "none":
     if stream.class_counts is None:
       raise ValueError("train.class_weighting needs the stream's class counts")
-    labels_seen = np.repeat(np.arange(stream.class_counts.size), stream.class_counts)
-    weights = spec.balance.weights(jnp.asarray(labels_seen), spec.model.num_classes)
+    counts = np.zeros(spec.model.num_classes, np.int64)
+    counts[:stream.class_counts.size] = stream.class_counts
+    weights = weights_of_counts(counts, spec.balance.class_weighting,
+                                spec.balance.effective_number_beta)
 
   def loss_fn(params, batch_stats, images, labels, step):
     images, labels = batches.prepare_batch(images, labels, rng, step, spec.augment_config)

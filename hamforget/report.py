@@ -46,7 +46,8 @@ MAIN_METRICS = (
     "loss_test_mean", "loss_gap_forget_test", "over_forgetting", "mia_acc", "mia_auc",
     "mia_tpr_at_1pct_fpr", "mia_tpr_at_5pct_fpr", "mia_examples", "entropy_member_rate", "ain",
     "relearn_steps", "relearn_retain_acc", "zrf", "js_to_retrain_forget", "js_to_retrain_test",
-    "challenge_score", "work_s", "compile_s", "work_ratio_to_retrain", "steps", "examples_seen",
+    "challenge_score", "lira_acc", "work_s", "compile_s", "work_ratio_to_retrain", "steps",
+    "examples_seen",
 )
 # The ranking by gap to retrain: its columns besides the gap.
 RANK_METRICS = ("acc_retain", "acc_forget", "acc_test", "mia_acc", "over_forgetting")
@@ -343,7 +344,8 @@ def write_report(workdir: str, results: Results, per_example, curves: Mapping[st
       per-class recall, then every model x the main metrics with their
       intervals.
     per_example_<model>.npz: `<split>_loss`, `<split>_logits`, `<split>_labels`
-      for every split, and `class_names` (no object arrays:
+      for every split, `forget_lira_acc` (the per-example attack's accuracy on
+      each forget example) where populations exist, and `class_names` (no object arrays:
       `np.load(..., allow_pickle=False)` reads it).
     relearning_curves.npz: model -> held-out forget accuracy per step.
     loss_histograms.png, per_class_accuracy.png, confusion_matrices.png
@@ -373,8 +375,9 @@ def write_report(workdir: str, results: Results, per_example, curves: Mapping[st
   for model, splits in per_example.items():
     arrays = {"class_names": names}
     for split, outputs in splits.items():
-      for field in ("loss", "logits", "labels"):
-        arrays[f"{split}_{field}"] = np.asarray(outputs[field])
+      for field in ("loss", "logits", "labels", "lira_acc"):
+        if field in outputs:
+          arrays[f"{split}_{field}"] = np.asarray(outputs[field])
     _save_npz(path_of(f"per_example_{_file_safe(model)}.npz"), arrays)
   if curves:
     _save_npz(path_of("relearning_curves.npz"), {m: np.asarray(c) for m, c in curves.items()})

@@ -14,8 +14,8 @@ from scipy.spatial import distance
 from sklearn import linear_model, metrics as sk_metrics, model_selection, pipeline, preprocessing
 
 from hamforget.data.forget import ForgetRequest
-from hamforget.evaluate import (CLASS, METRICS, anamnesis, attack, challenge, intervals, measures,
-                                metric, metric_names, metrics, suite)
+from hamforget.evaluate import (CLASS, METRICS, anamnesis, attack, challenge, intervals, lira,
+                                measures, metric, metric_names, metrics, suite)
 from hamforget.evaluate import config as evaluate_config
 from hamforget.evaluate import registry, relearn
 
@@ -449,6 +449,35 @@ def test_challenge_score_of_identical_and_separable_populations():
   assert np.all(apart["epsilons"] == challenge.EPSILON_CAP)
 
 
+def test_per_example_attack_leaves_each_model_out_by_hand():
+  rng = np.random.default_rng(1)
+  unlearned, retrained = rng.normal(size=(5, 3)), rng.normal(0.5, 2.0, size=(4, 3))
+  gauss = lambda x, v: -0.5 * (np.log(2 * np.pi * np.var(v, ddof=1))
+                               + (x - np.mean(v)) ** 2 / np.var(v, ddof=1))
+  expected = np.empty(3)
+  for i in range(3):
+    u, r = unlearned[:, i], retrained[:, i]
+    hits_u = [gauss(u[j], np.delete(u, j)) > gauss(u[j], r) for j in range(5)]
+    hits_r = [gauss(r[j], np.delete(r, j)) > gauss(r[j], u) for j in range(4)]
+    expected[i] = 0.5 * (np.mean(hits_u) + np.mean(hits_r))
+  np.testing.assert_allclose(lira.example_accuracies(unlearned, retrained), expected)
+
+
+def test_per_example_attack_tells_shifted_populations_apart_and_not_equal_ones():
+  rng = np.random.default_rng(0)
+  retrained = rng.normal(size=(8, 400))
+  same = lira.example_accuracies(rng.normal(size=(8, 400)), retrained)
+  assert 0.35 < same.mean() <= 0.5  # chance, a little under from leaving one out
+  # Only the first half of the examples is remembered (4 sd more confident):
+  # the per-example attack finds those and no others.
+  unlearned = rng.normal(size=(8, 400))
+  unlearned[:, :200] += 4.0
+  scores = lira.example_accuracies(unlearned, retrained)
+  assert scores[:200].mean() > 0.95 and scores[200:].mean() < 0.55
+  with pytest.raises(ValueError, match="at least 3 models"):
+    lira.example_accuracies(unlearned[:2], retrained)
+
+
 # ----------------------------------------------------------------------------
 # The whole suite on a trained model (tests/learnable.py).
 
@@ -520,7 +549,7 @@ def test_suite_reports_every_documented_metric(evaluated):
   undefined = {n for n in names if ("retain_class_digit0" in n)
                or ("forget_class_" in n and not n.endswith("digit0"))}
   assert not [n for n in names if math.isnan(original[n]) and n not in undefined
-              and not n.startswith("challenge_") and n != "relearn_retain_acc"]
+              and not n.startswith(("challenge_", "lira_")) and n != "relearn_retain_acc"]
   assert original["acc_forget"] >= 0.95 and retrain["acc_forget"] < 0.2
   assert retrain["acc_test_forget_classes"] < 0.2 < retrain["acc_test_other_classes"]
   # Distances to retrain read against the noise floor's: the original is far
@@ -565,6 +594,14 @@ def test_suite_scores_the_challenge_like_for_like(evaluated):
   assert results["finetune"]["challenge_population"] == 3
   assert 0.0 <= results["finetune"]["challenge_score"] <= 1.0
   assert math.isnan(results["original"]["challenge_score"])  # no population of its own
+  # The per-example attack of every scored row, saved example by example.
+  forget_size = evaluated[0].forget.size
+  for name in ("retrain", "finetune"):
+    scores = evaluated[4][name]["forget"]["lira_acc"]
+    assert scores.shape == (forget_size,)
+    assert results[name]["lira_acc"] == pytest.approx(scores.mean())
+  assert "lira_acc" not in evaluated[4]["original"]["forget"]
+  assert math.isnan(results["original"]["lira_acc"])
 
 
 def test_population_pairs_are_disjoint_halves_of_one_size():

@@ -404,6 +404,20 @@ def challenge_score(c: Context) -> dict[str, float]:
           "challenge_population": float(scored["num_models"])}
 
 
+@metric(_with_intervals({
+    "lira_acc": "per-example likelihood-ratio attack (U-LiRA, Hayes et al. 2024): for each "
+                "forget example, Gaussians fitted to M unlearned and M retrained models' "
+                "logit-scaled confidences, each model attacked with the others' (leave one "
+                "out); the mean over examples of the balanced accuracy; interval over examples",
+}), unit=FRACTION,
+   ideal="closer to retrain is better (retrain's row: retrained models against retrained "
+         "ones at the same M, a little under 0.5)")
+def per_example_attack(c: Context) -> dict[str, float]:
+  if c.populations is None:
+    return {}
+  return _mean_with_interval("lira_acc", c.populations[0]["forget_lira_acc"], c.config)
+
+
 # ----------------------------------------------------------------------------
 # Cost (runner).
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from hamforget import progress, train
 from hamforget.data.batches import DeviceData
-from hamforget.evaluate import metrics, registry
+from hamforget.evaluate import challenge, lira, metrics, registry
 from hamforget.evaluate import relearn as relearn_lib
 from hamforget.train import Variables
 
@@ -196,9 +196,21 @@ def pair_populations(outputs: Mapping[str, Mapping[str, np.ndarray]],
 def _challenge_populations(model, populations: Mapping[str, Variables],
                            splits: Mapping[str, DeviceData], batch_size: int,
                            retrain_name: str) -> dict[str, tuple[dict, dict]]:
-  """name -> (its population's outputs, the reference's) for the challenge score."""
-  return pair_populations({name: _population_outputs(model, stacked, splits, batch_size)
-                           for name, stacked in populations.items()}, retrain_name)
+  """name -> (its population's outputs, the reference's) for the challenge score.
+
+  The population's outputs gain "forget_lira_acc" (N,), the per-example
+  attack's accuracy on every forget example (`lira.example_accuracies`).
+  """
+  pairs = pair_populations({name: _population_outputs(model, stacked, splits, batch_size)
+                            for name, stacked in populations.items()}, retrain_name)
+  labels = np.asarray(splits["forget"].labels)
+  confidence = lambda population: challenge.logit_scaled_confidence(
+      population["forget_logits"], labels)
+  # Every pair's per-example attack (N,), once: the metric and the report read it.
+  return {name: ({**own, "forget_lira_acc": lira.example_accuracies(confidence(own),
+                                                                    confidence(reference))},
+                 reference)
+          for name, (own, reference) in pairs.items()}
 
 
 def evaluate_models(model, models: Mapping[str, Variables], splits: Mapping[str, DeviceData],
@@ -236,7 +248,9 @@ def evaluate_models(model, models: Mapping[str, Variables], splits: Mapping[str,
   Returns:
     results: name -> {metric: float} with every name of
       `metric_names(class_names)` (NaN where undefined).
-    per_example: name -> split -> {"loss", "logits", "labels"} numpy arrays.
+    per_example: name -> split -> {"loss", "logits", "labels"} numpy arrays;
+      with populations, forget also holds "lira_acc" (N,), the per-example
+      attack's accuracy on each forget example.
     curves: name -> float32 (relearn_steps + 1,) held-out forget accuracy
       after 0..budget relearning steps (empty when the index is off).
   """
@@ -285,6 +299,9 @@ def evaluate_models(model, models: Mapping[str, Variables], splits: Mapping[str,
     return row
 
   results = {name: measured(name) for name in models}
+  for name, (own, _) in pairs.items():
+    if name in per_example:
+      per_example[name]["forget"]["lira_acc"] = own["forget_lira_acc"]
   bar.close()
   # Summaries read finished rows: retrain's row is every row's reference.
   reference = results.get(retrain_name)

@@ -27,7 +27,7 @@ from hamforget.unlearn import catalog
 
 # The fixed sets the JAX side accepts (hamforget.models, hamforget.train,
 # hamforget.original); tests/test_bad_input.py checks that they agree.
-MODEL_NAMES = ("resnet18", "resnet34", "resnet50", "allcnn")
+MODEL_NAMES = ("resnet10", "resnet18", "resnet34", "resnet50", "allcnn")
 STEMS = ("imagenet", "small")
 DTYPES = ("float32", "bfloat16", "float16")
 CONVS = ("auto", "xla")

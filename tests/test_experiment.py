@@ -135,6 +135,8 @@ def test_short_mnist_training_is_well_above_chance_and_runs_a_new_operator_file(
     tmp_path, probe_operator):
   config = mnist.get_config("local")
   config.data.cache_dir = str(tmp_path / "cache")
+  config.model.name = "resnet10"  # compiles in about half a ResNet-18's time
+  config.model.conv = "xla"
   config.unlearn.methods = (probe_operator,)
   config.unlearn[probe_operator].shift = 0.25  # its defaults reached the config
   config.evaluate.anamnesis = False

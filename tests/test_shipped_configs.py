@@ -3,8 +3,8 @@
 Each runs on a fixture in its own data layout (the HAM10000 folder with the
 real metadata, a Kaggle hmnist CSV, a MedMNIST npz, the embedded MNIST), with
 its own forget request and its own list of operators; only sizes and
-schedules shrink (fewer examples, 8x8 images, one epoch, short operator
-budgets), so a config whose operators cannot serve its request, or whose
+schedules shrink (fewer examples, 8x8 images, a ResNet-10, one epoch, short
+operator budgets), so a config whose operators cannot serve its request, or whose
 data path is broken, fails here.
 """
 
@@ -50,6 +50,12 @@ def _shrink(config):
   config.train.num_epochs = 1
   config.train.batch_size = 32
   config.evaluate.anamnesis = False
+  # Compilation is most of a tiny run's time on CPU: half the depth, and XLA's
+  # own convolution (it compiles faster than the patch lowering; both are
+  # tested in test_fast_conv and test_experiment).
+  if config.model.name.startswith("resnet"):
+    config.model.name = "resnet10"
+  config.model.conv = "xla"
   for name in catalog.method_names(config):
     settings = config.unlearn[name]
     for key in ("num_epochs", "impair_epochs", "repair_epochs"):

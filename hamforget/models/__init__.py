@@ -9,9 +9,9 @@ import jax.numpy as jnp
 from hamforget.models import fast_conv
 from hamforget.models.allcnn import AllCNN
 from hamforget.models.generator import Generator
-from hamforget.models.resnet import ResNet, ResNet18, ResNet34, ResNet50
+from hamforget.models.resnet import ResNet, ResNet10, ResNet18, ResNet34, ResNet50
 
-_RESNETS = {"resnet18": ResNet18, "resnet34": ResNet34, "resnet50": ResNet50}
+_RESNETS = {"resnet10": ResNet10, "resnet18": ResNet18, "resnet34": ResNet34, "resnet50": ResNet50}
 
 
 def _conv(choice: str):
@@ -29,7 +29,7 @@ def _conv(choice: str):
 def build_model(model_config, num_classes: int):
   """A classifier from the `model` config section.
 
-  Keys: name (resnet18 | resnet34 | resnet50 | allcnn), width (channel
+  Keys: name (resnet10 | resnet18 | resnet34 | resnet50 | allcnn), width (channel
   multiplier), stem (imagenet | small; ResNets only), dtype (compute dtype),
   conv (auto | xla).
   """

@@ -36,10 +36,12 @@ def base_config() -> ml_collections.ConfigDict:
   config.augment.saturation = 0.0
 
   config.model = ml_collections.ConfigDict()
-  config.model.name = "resnet18"       # resnet18 | resnet34 | resnet50 | allcnn
+  config.model.name = "resnet18"       # resnet10 | resnet18 | resnet34 | resnet50 | allcnn
   config.model.width = 1.0             # channel multiplier
   config.model.stem = "small"          # imagenet (224x224) | small (<= 64x64)
-  config.model.dtype = "float32"       # compute dtype; params stay float32
+  # Compute dtype; params, loss, softmax and BatchNorm statistics stay float32.
+  # auto: bfloat16 on GPU and TPU, float32 on CPU (where bf16 is emulated, slower).
+  config.model.dtype = "auto"
   config.model.conv = "auto"           # auto (fastest lowering per backend) | xla
 
   config.train = ml_collections.ConfigDict()

@@ -29,7 +29,7 @@ from hamforget.unlearn import catalog
 # hamforget.original); tests/test_bad_input.py checks that they agree.
 MODEL_NAMES = ("resnet10", "resnet18", "resnet34", "resnet50", "allcnn")
 STEMS = ("imagenet", "small")
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 CONVS = ("auto", "xla")
 OPTIMIZERS = ("sgd", "adamw")
 PIPELINES = ("device", "grain")

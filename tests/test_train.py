@@ -176,3 +176,30 @@ def test_state_is_created_and_trained_replicated_over_the_mesh():
   for tree in (variables, fitted):
     for leaf in jax.tree.leaves(tree):
       assert leaf.sharding.mesh.shape == mesh.shape and leaf.sharding.is_fully_replicated
+
+
+def test_auto_precision_follows_the_platform():
+  from hamforget.models import compute_dtype  # pylint: disable=import-outside-toplevel
+  assert compute_dtype("auto", "cpu") == jnp.float32
+  assert compute_dtype("auto", "gpu") == compute_dtype("auto", "tpu") == jnp.bfloat16
+  assert compute_dtype("auto") == jnp.float32  # these tests run on CPU
+  assert compute_dtype("float16", "tpu") == jnp.float16  # a named dtype is kept
+
+
+def test_bfloat16_path_learns_with_float32_parameters_loss_and_statistics():
+  config = _config()
+  config.model.dtype = "bfloat16"
+  model, variables = _model_and_variables(config)
+  images, labels = _tiny_problem()
+  data = batches.to_device(images, labels)
+  spec = train.make_fit_spec(model, config.train, config.augment, len(labels))
+  fitted, _ = train.fit(spec, variables, data, data, jax.random.key(2))
+  # Parameters and BatchNorm's running statistics stay float32; activations
+  # are bfloat16; the logits (and so the loss and softmax) come back float32.
+  assert {x.dtype for x in jax.tree.leaves(fitted)} == {jnp.dtype(jnp.float32)}
+  logits, state = model.apply(fitted, batches.model_input(jnp.asarray(images[:4])), train=False,
+                              mutable=["intermediates"])
+  assert logits.dtype == jnp.float32
+  assert {a.dtype for a in jax.tree.leaves(state["intermediates"])} == {jnp.dtype(jnp.bfloat16)}
+  _, accuracy = train.mean_loss_and_accuracy(model, fitted, data, 64)
+  assert accuracy > 0.9  # chance is 1/3, as for float32 (test_fit_and_fit_in_graph_agree...)

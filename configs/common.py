@@ -80,6 +80,14 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.evaluate = evaluate_config.evaluate_config()
 
+  config.observe = ml_collections.ConfigDict()
+  # Training curves as TensorBoard event files in WORKDIR/tensorboard (process 0).
+  config.observe.tensorboard = True
+  # A folder: a JAX profiler trace of the original's second epoch (compiled,
+  # steady state) is written there, for TensorBoard's profile plugin or
+  # Perfetto. "" = off.
+  config.observe.profile_dir = ""
+
   config.mesh = ml_collections.ConfigDict()
   config.mesh.num_devices = 0          # 0 = every device
   # Virtual CPU devices (a data-parallel mesh uses the cores better than one

@@ -84,8 +84,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh=None,
   phases: dict[str, float] = {}
   # One run per workdir: a second one would overwrite this one's files.
   with workdir_lock.hold(workdir, take=jax.process_index() == 0):
-    with _timed(phases, "total"):
-      results = _run(config, workdir, mesh, phases, should_stop, shared_models)
+    # One writer of metrics.jsonl's TensorBoard copy: process 0.
+    log = records.MetricsLog(workdir, tensorboard=jax.process_index() == 0 and bool(
+        observe_setting(config, "tensorboard", False)))
+    try:
+      with _timed(phases, "total"):
+        results = _run(config, workdir, mesh, phases, log, should_stop, shared_models)
+    finally:
+      log.close()
     if jax.process_index() == 0:
       files.write_json(os.path.join(workdir, "timings.json"),
                        {k: round(v, 2) for k, v in phases.items()}, indent=1)
@@ -118,12 +124,16 @@ def _share(shared: ModelStore | None, name: str, finished) -> None:
     logging.warning("original: not shared (%s)", files.describe_error(e))
 
 
-def _run(config, workdir: str, mesh, phases: dict[str, float],
+def observe_setting(config, key: str, default):
+  """`config.observe.<key>`, or `default` for a config written before the section existed."""
+  return config.get("observe", {}).get(key, default)
+
+
+def _run(config, workdir: str, mesh, phases: dict[str, float], log: records.MetricsLog,
          should_stop=None, shared_models: str | None = None) -> dict[str, dict[str, float]]:
   os.makedirs(workdir, exist_ok=True)
   is_writer = jax.process_index() == 0
   started_at = audit.now()
-  log = records.MetricsLog(workdir)
   logging.info("run %s in %s", log.run_id, workdir)
   if is_writer:
     config_json = config.to_json_best_effort(indent=2)

@@ -11,7 +11,7 @@ import os
 
 import jax
 
-from hamforget import checkpoint, progress, records, sharding, timing, train
+from hamforget import checkpoint, observe, progress, records, sharding, timing, train
 from hamforget.data import batches
 from hamforget.data.prepare import ExperimentData
 from hamforget.store import ORIGINAL, model_fingerprint
@@ -89,12 +89,17 @@ def train_original(config, model, data: ExperimentData, workdir: str, rng,
   log = log or records.MetricsLog(workdir)
   checkpoints = checkpoint.FitCheckpoints(os.path.join(workdir, "checkpoints", ORIGINAL, key))
   bar = progress.bar(spec.num_epochs, f"train {ORIGINAL}", unit="epoch")
+  profiler = observe.EpochProfiler(config.get("observe", {}).get("profile_dir", ""))
 
   def on_epoch(carry):
     epoch = int(carry.epoch) - 1
+    profiler.after_epoch(epoch + 1)
     record = {"epoch": epoch + 1, "train_loss": float(carry.train_loss[epoch]),
               "val_loss": float(carry.val_loss[epoch]),
               "val_accuracy": float(carry.val_accuracy[epoch])}
+    memory = observe.device_memory_peak_gb()
+    if memory is not None:  # GPU and TPU report it; CPU does not
+      record["device_memory_peak_gb"] = memory
     if jax.process_index() == 0:
       log.append(ORIGINAL, key, record)
     bar.set_postfix(loss=f"{record['train_loss']:.3f}", val_acc=f"{record['val_accuracy']:.3f}")
@@ -110,6 +115,7 @@ def train_original(config, model, data: ExperimentData, workdir: str, rng,
     finally:  # also on DivergedError/Preempted: an open manager's threads outlive the exit
       bar.close()
       checkpoints.close()
+      profiler.close()
   steps = info["epochs"] * batches.steps_per_epoch(num_train, spec.batch_size)
   return variables, dict(info, steps=steps, examples_seen=steps * spec.batch_size,
                          **watch.record(paused_as="checkpoint_s"))

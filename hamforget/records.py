@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from hamforget import tensorboard as tensorboard_lib
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -61,18 +63,29 @@ class MetricsLog:
   and data that made it), so the blocks of a rerun, a resumed run or a
   changed config can be told apart. "phase" repeats the model's name, the
   key older readers select on.
+
+  With `tensorboard`, every line is also written as TensorBoard scalars
+  under `WORKDIR/tensorboard/<model>/` (`hamforget.tensorboard`).
   """
 
-  def __init__(self, workdir: str, run_id: str | None = None):
+  def __init__(self, workdir: str, run_id: str | None = None, tensorboard: bool = False):
     self.path = os.path.join(workdir, METRICS_FILE)
     self.run_id = run_id or new_run_id()
+    self.curves = tensorboard_lib.CurveWriter(workdir) if tensorboard else None
 
   def append(self, model: str, fingerprint: str, record: dict) -> dict:
     """Appends one stamped line about `model`; returns it as written."""
     line = {"run_id": self.run_id, "time": utc_now(), "model": model,
             "fingerprint": fingerprint, "phase": model, **record}
     append_json_line(self.path, line)
+    if self.curves is not None:
+      self.curves.write(model, line)
     return line
+
+  def close(self) -> None:
+    """Closes the TensorBoard writers (metrics.jsonl is closed after every line)."""
+    if self.curves is not None:
+      self.curves.close()
 
 
 def info_summary(info: dict) -> dict[str, Any]:

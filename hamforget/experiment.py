@@ -39,7 +39,7 @@ import ml_collections
 from absl import logging
 
 from hamforget import (audit, config_checks, files, operators, original, populations, progress,
-                       records, report, superseded, workdir_lock)
+                       records, report, superseded, timing, workdir_lock)
 from hamforget.data import prepare
 from hamforget.evaluate import suite
 from hamforget.models import build_model
@@ -88,13 +88,17 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh=None,
     log = records.MetricsLog(workdir, tensorboard=jax.process_index() == 0 and bool(
         observe_setting(config, "tensorboard", False)))
     try:
-      with _timed(phases, "total"):
+      with _timed(phases, "total"), timing.Stopwatch() as watch:
         results = _run(config, workdir, mesh, phases, log, should_stop, shared_models)
     finally:
       log.close()
     if jax.process_index() == 0:
-      files.write_json(os.path.join(workdir, "timings.json"),
-                       {k: round(v, 2) for k, v in phases.items()}, indent=1)
+      files.write_json(os.path.join(workdir, "timings.json"), {
+          **{k: round(v, 2) for k, v in phases.items()},
+          # What compilation cost this invocation (a program loaded from the
+          # persistent cache costs its load), and where it went.
+          "compile_s": round(watch.compile_s, 2),
+          "compile_by_program": watch.slowest_programs()}, indent=1)
   progress.say("phases (s): " + ", ".join(f"{k} {v:.0f}" for k, v in phases.items()))
   return results
 

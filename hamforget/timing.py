@@ -33,11 +33,12 @@ _listening = False
 
 
 def _on_event(event: str, duration_s: float, **kwargs) -> None:
-  del kwargs
   if event in COMPILE_EVENTS:
+    program = str(kwargs.get("fun_name", "?"))
     with _lock:
       for watch in _open:
         watch.compile_s += duration_s
+        watch.compile_by_program[program] = watch.compile_by_program.get(program, 0.0) + duration_s
 
 
 def _listen() -> None:
@@ -56,10 +57,14 @@ class Stopwatch:
     compile_s: JAX tracing, lowering and compilation within it.
     paused_s: the parts inside `pause()` (less any compilation there).
     work_s: wall_s - compile_s - paused_s.
+    compile_by_program: JAX's name of each program (the jitted function's,
+      e.g. "fit_epoch") -> its tracing, lowering and compiling seconds, summed
+      over its compilations; they sum to compile_s.
   """
 
   def __init__(self):
     self.wall_s = self.compile_s = self.paused_s = 0.0
+    self.compile_by_program: dict[str, float] = {}
     self._start = None
 
   def __enter__(self) -> "Stopwatch":
@@ -86,6 +91,11 @@ class Stopwatch:
   @property
   def work_s(self) -> float:
     return max(0.0, self.wall_s - self.compile_s - self.paused_s)
+
+  def slowest_programs(self, count: int = 20) -> dict[str, float]:
+    """The `count` programs that took longest to compile, slowest first (seconds, rounded)."""
+    ranked = sorted(self.compile_by_program.items(), key=lambda item: -item[1])[:count]
+    return {name: round(seconds, 2) for name, seconds in ranked}
 
   def record(self, paused_as: str = "paused_s") -> dict[str, float]:
     """{"work_s", "compile_s", paused_as}: the block's seconds, for a cost record."""

@@ -453,9 +453,13 @@ def measure_main_job(config: str) -> dict:
         models[name[:-5]] = {"compile_s": round(record.get("compile_s", 0.0), 2),
                              "execute_s": round(record.get("work_s", record.get("wall_s")),
                                                 2)}
+  by_program = phases.pop("compile_by_program", {})
   return {"config": config, "command_s": round(seconds, 1),
-          "startup_s": round(seconds - phases["total"], 1), "phases_s": phases,
-          "models": models}
+          "startup_s": round(seconds - phases["total"], 1),
+          # Tracing, lowering and compiling (or loading from the persistent
+          # cache) of the whole job, against its wall time.
+          "compile_share": round(phases.get("compile_s", float("nan")) / seconds, 3),
+          "phases_s": phases, "compile_s_by_program": by_program, "models": models}
 
 
 def measure_jpeg_cache(count: int, size: int = 224) -> dict:

@@ -44,6 +44,25 @@ def test_stopwatch_keeps_compilation_and_paused_io_out_of_the_work():
   assert set(watch.record("checkpoint_s")) == {"work_s", "compile_s", "checkpoint_s"}
 
 
+def test_compilation_is_told_per_program():
+  def scaled_tanh_sum(x):
+    return jnp.tanh(x @ x.T).sum() * 1.75
+
+  def other_program(x):
+    return jnp.cos(x).mean()
+
+  x = jnp.ones((31, 23))
+  with timing.Stopwatch() as watch:
+    jax.jit(scaled_tanh_sum)(x).block_until_ready()
+    jax.jit(other_program)(x).block_until_ready()
+  assert watch.compile_by_program["scaled_tanh_sum"] > 0.0
+  assert watch.compile_by_program["other_program"] > 0.0
+  assert sum(watch.compile_by_program.values()) == pytest.approx(watch.compile_s)
+  slowest = watch.slowest_programs(1)
+  assert len(slowest) == 1 and list(slowest.values())[0] == round(
+      max(watch.compile_by_program.values()), 2)
+
+
 def test_progress_reaches_the_log_when_no_terminal_is_attached(monkeypatch, caplog):
   monkeypatch.setattr(progress, "interactive", lambda: False)
   caplog.set_level(logging.INFO, logger="absl")

@@ -20,7 +20,11 @@ reads back intact (its checksum): change an operator's hyper-parameters and
 rerun in the same workdir, and that operator (alone) runs again; edit the
 data file in place, and everything does. The workdir is locked while a run
 uses it (`hamforget.workdir_lock`), and every file is written atomically
-(`hamforget.files`).
+(`hamforget.files`). Each model's outputs (logits on every split,
+relearning curves) are kept in `evaluations/` (of the sweep's root when
+models are shared), named by a digest of the model's arrays, the splits and
+the evaluation config (`hamforget.evaluate.reuse`): a rerun, or another run
+of a sweep, measures only the models it has not measured before.
 
 Where each step lives: data (`hamforget.data.prepare`), the original
 (`hamforget.original`), operators (`hamforget.operators`, `hamforget.unlearn`),
@@ -48,6 +52,7 @@ from hamforget.store import ORIGINAL, ModelStore, model_fingerprint
 from hamforget.unlearn import catalog
 
 RETRAIN = "retrain"
+EVALUATIONS = "evaluations"  # folder of the models' measured outputs (evaluate.reuse)
 NOISE_FLOOR = "retrain_seed2"  # retrain from another seed (evaluate.noise_floor)
 
 
@@ -233,7 +238,10 @@ def _run(config, workdir: str, mesh, phases: dict[str, float], log: records.Metr
   with _timed(phases, "evaluate"):
     results, per_example, curves = suite.evaluate_models(
         model, models, data.device, data.request, data.dataset.class_names, config.evaluate,
-        jax.random.fold_in(rng, 10_000), costs, populations=stacked, modules=modules)
+        jax.random.fold_in(rng, 10_000), costs, populations=stacked, modules=modules,
+        # Content-addressed: a sweep's runs share the original's and the
+        # retrains' outputs, a rerun reuses those of every unchanged model.
+        cache_dir=os.path.join(shared_models or workdir, EVALUATIONS))
   if is_writer:
     with _timed(phases, "report"):
       report.write_report(workdir, results, per_example, curves, data.dataset.class_names,

@@ -604,6 +604,47 @@ def test_suite_scores_the_challenge_like_for_like(evaluated):
   assert math.isnan(results["original"]["lira_acc"])
 
 
+def test_outputs_of_an_unchanged_model_are_reused_and_a_changed_one_measured(tmp_path,
+                                                                             monkeypatch):
+  import learnable
+  problem = learnable.problem()
+  splits = {"retain": problem.retain, "forget": problem.forget, "test": problem.test}
+  class_names = [f"digit{i}" for i in range(learnable.NUM_CLASSES)]
+  config = _config()
+  config.relearn_steps = 5
+  models = {"original": problem.variables,
+            "retrain": _without_class_0(problem.variables, *RETRAIN_HEAD)}
+  evaluate = lambda models: suite.evaluate_models(
+      problem.model, models, splits, problem.request, class_names, config, jax.random.key(0),
+      cache_dir=str(tmp_path / "evaluations"))
+  first, first_examples, first_curves = evaluate(models)
+
+  measured, relearned = [], []
+  predict, relearn_curve = suite.model_outputs, relearn.relearn_curve
+  monkeypatch.setattr(suite, "model_outputs", lambda *a: measured.append(a[2].size) or predict(*a))
+  monkeypatch.setattr(relearn, "relearn_curve",
+                      lambda *a, **k: relearned.append(1) or relearn_curve(*a, **k))
+  finetune = _without_class_0(problem.variables, *FINETUNE_HEAD)
+  second, examples, curves = evaluate({**models, "finetune": finetune})
+  # Only finetune is measured (its 3 splits, and ZRF's random model on forget).
+  assert len(measured) == len(splits) + 1 and len(relearned) == 1
+  for name in models:
+    np.testing.assert_equal(second[name], first[name])
+    np.testing.assert_array_equal(curves[name], first_curves[name])
+    for split in splits:
+      np.testing.assert_array_equal(examples[name][split]["logits"],
+                                    first_examples[name][split]["logits"])
+  # Keyed by content, not by name: finetune's arrays named retrain are reused,
+  # a new model under a known name is measured.
+  measured.clear()
+  renamed = evaluate({"original": problem.variables, "retrain": finetune})[0]
+  assert len(measured) == 1  # ZRF's random model only
+  np.testing.assert_equal(renamed["retrain"]["acc_forget"], second["finetune"]["acc_forget"])
+  evaluate({"original": problem.variables, "retrain": _without_class_0(problem.variables, 0.5,
+                                                                       -3.0)})
+  assert len(measured) == 1 + len(splits) + 1
+
+
 def test_population_pairs_are_disjoint_halves_of_one_size():
   def population(size, first_seed):
     return {"test_acc": np.arange(first_seed, first_seed + size, dtype=float),

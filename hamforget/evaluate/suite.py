@@ -20,7 +20,7 @@ import numpy as np
 
 from hamforget import progress, train
 from hamforget.data.batches import DeviceData
-from hamforget.evaluate import challenge, lira, metrics, registry
+from hamforget.evaluate import challenge, lira, metrics, registry, reuse
 from hamforget.evaluate import relearn as relearn_lib
 from hamforget.train import Variables
 
@@ -219,6 +219,7 @@ def evaluate_models(model, models: Mapping[str, Variables], splits: Mapping[str,
                     populations: Mapping[str, Variables] | None = None,
                     original_name: str = "original", retrain_name: str = "retrain",
                     modules: Mapping[str, Any] | None = None,
+                    cache_dir: str | None = None,
                     ) -> tuple[dict[str, dict[str, float]],
                                dict[str, dict[str, dict[str, np.ndarray]]], dict[str, np.ndarray]]:
   """Measures every model with every metric of `hamforget.evaluate.METRICS`.
@@ -244,6 +245,10 @@ def evaluate_models(model, models: Mapping[str, Variables], splits: Mapping[str,
     modules: optional name -> the Flax module of a model that is not `model`
       (SISA's ensemble, `hamforget.sisa.ensemble.Ensemble`); it is scored
       through `module.apply` like any model.
+    cache_dir: optional folder of `reuse.OutputsCache`: a model measured
+      before on the same splits with the same evaluation config (a sweep's
+      original and retrains, a rerun's unchanged models) takes its logits and
+      relearning curves from there instead of computing them again.
 
   Returns:
     results: name -> {metric: float} with every name of
@@ -267,8 +272,24 @@ def evaluate_models(model, models: Mapping[str, Variables], splits: Mapping[str,
     bar.set_postfix_str(what)
     bar.update(1)
 
+  cache = reuse.OutputsCache(cache_dir, {
+      "splits": reuse.splits_digest(splits) if cache_dir else "",
+      "evaluate": config.to_dict() if hasattr(config, "to_dict") else dict(config),
+      "relearn_key": np.asarray(jax.random.key_data(relearn_rng)).tolist(),
+      "relearning": relearning})
+  keys = {name: cache.key(modules.get(name, model), variables)
+          for name, variables in models.items()} if cache.folder else {}
+  cached = {name: cache.get(key) for name, key in keys.items()}
+  cached = {name: entry for name, entry in cached.items() if entry is not None}
+
   per_example = {}
   for name, variables in models.items():
+    if name in cached:
+      per_example[name] = {split: {**out, "loss": metrics.per_example_loss(out["logits"],
+                                                                           out["labels"])}
+                           for split, out in cached[name]["outputs"].items()}
+      done(f"outputs of {name} (reused)")
+      continue
     per_example[name] = {split: model_outputs(modules.get(name, model), variables, data,
                                               batch_size)
                          for split, data in splits.items()}
@@ -277,10 +298,23 @@ def evaluate_models(model, models: Mapping[str, Variables], splits: Mapping[str,
   random_variables = train.init_variables(model, tuple(splits["forget"].images.shape[1:]),
                                           random_rng)
   random_forget = model_outputs(model, random_variables, splits["forget"], batch_size)["logits"]
-  curves, retain_curves = {}, {}
+  curves, retain_curves, reused = {}, {}, set()
   if relearning:
-    curves, retain_curves = _relearn_curves(model, models, splits, request, config, relearn_rng,
-                                            modules, done=done)
+    reused = {name for name, entry in cached.items() if "forget_curve" in entry}
+    curves, retain_curves = _relearn_curves(
+        model, {n: v for n, v in models.items() if n not in reused}, splits, request, config,
+        relearn_rng, modules, done=done)
+    for name in reused:
+      curves[name] = cached[name]["forget_curve"]
+      if "retain_curve" in cached[name]:
+        retain_curves[name] = cached[name]["retain_curve"]
+      done(f"relearning curve of {name} (reused)")
+  for name, key in keys.items():
+    if name not in cached or (name in curves and name not in reused):
+      cache.put(key, per_example[name],
+                {field: values[name] for field, values in (("forget_curve", curves),
+                                                           ("retain_curve", retain_curves))
+                 if name in values})
   pairs = {}
   if with_populations:
     pairs = _challenge_populations(model, populations, splits, batch_size, retrain_name)

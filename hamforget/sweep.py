@@ -26,6 +26,8 @@ reads the run folders).
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import importlib.util
 import os
 import time
 import traceback
@@ -57,6 +59,19 @@ class Run:
 
   def folder(self, root: str) -> str:
     return os.path.join(root, RUNS, self.name)
+
+
+def load_overrides(argument: str) -> list[dict]:
+  """The override dicts of a `--sweep` argument: NAME (of configs/sweeps.py) or
+  FILE.py:NAME (that file's `get_sweep(NAME)`)."""
+  path, sep, name = argument.rpartition(":")
+  if sep and path.endswith(".py"):
+    spec = importlib.util.spec_from_file_location("_sweep_file", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+  else:
+    module, name = importlib.import_module("configs.sweeps"), argument
+  return list(module.get_sweep(name))
 
 
 def plan(base: ml_collections.ConfigDict, overrides_list: Sequence[Mapping[str, Any]]

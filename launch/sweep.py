@@ -26,8 +26,6 @@ Exit status: 0 when every run of the share finished, 1 when some failed,
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import sys
 
 from absl import app, flags, logging
@@ -50,18 +48,6 @@ _DRY_RUN = flags.DEFINE_bool("dry_run", False,
                              "train nothing.")
 
 
-def load_sweep(argument: str) -> list[dict]:
-  """The override dicts of `--sweep` (NAME, or FILE.py:NAME)."""
-  path, sep, name = argument.rpartition(":")
-  if sep and path.endswith(".py"):
-    spec = importlib.util.spec_from_file_location("_sweep_file", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-  else:
-    module, name = importlib.import_module("configs.sweeps"), argument
-  return list(module.get_sweep(name))
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -72,7 +58,7 @@ def main(argv):
   root = _WORKDIR.value
   try:  # every run, before JAX starts
     grid.task_share([], _NUM_TASKS.value, _TASK_INDEX.value)
-    runs = sweep.plan(_CONFIG.value, load_sweep(_SWEEP.value))
+    runs = sweep.plan(_CONFIG.value, sweep.load_overrides(_SWEEP.value))
     sweep.check(runs, root)
   except (config_checks.ConfigError, ValueError) as error:
     print(f"error: {error}", file=sys.stderr)

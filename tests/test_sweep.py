@@ -242,3 +242,16 @@ def test_runs_share_the_original_across_forget_requests_and_retrain_across_opera
   retrain = [json.load(open(os.path.join(r.folder(root), "results.json")))["retrain"]
              for r in runs[1:]]
   assert retrain[0]["acc_forget"] == retrain[1]["acc_forget"]
+
+
+
+
+def test_the_speedup_benchmark_times_the_points_it_was_given(tmp_path):
+  from launch import sweep_speedup  # pylint: disable=import-outside-toplevel
+  assert sweep_speedup.flag_value(("finetune", "scrub")) == "finetune,scrub"
+  assert sweep_speedup.flag_value(0.0025) == "0.0025"
+  points = sweeps.get_sweep("scrub_lr")[:3]
+  path = sweep_speedup.write_points_file(str(tmp_path / "points.py"), points)
+  loaded = sweep.load_overrides(f"{path}:points")
+  # The same runs (ids are of the overrides, tuples and lists alike).
+  assert [grid.run_id(o) for o in loaded] == [grid.run_id(o) for o in points]

@@ -25,11 +25,10 @@ to inputs of magnitude ~8 in the normalised space. The error-minimising noise
 gets more steps than the error-maximising one and no norm: it should end as
 typical of its class as the model can tell.
 
-Status (2026-12-01, default MNIST run, class 0 forgotten; the figures and
-their command in docs/operator-tuning.md, section `emmn`): the defaults do
-not yet forget as the paper reports. Training this model on noise alone in
-eval-mode BatchNorm damages every class: twenty Adam steps of the impair at
-1e-4 already take retain accuracy from 1.00 to 0.37. Open: issue 10.
+Known limitation: on the default MNIST run the defaults do not yet forget as
+the paper reports; training this model on noise alone in eval-mode BatchNorm
+damages every class (measurements and the commands that made them:
+docs/operator-tuning.md, section `emmn`).
 
 Hyper-parameters (defaults):
   noise_per_class 64: noise samples per class, forget and retained alike.

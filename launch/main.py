@@ -63,6 +63,7 @@ def main(argv):
   mesh = runtime.start_jax(config)  # virtual CPU devices: before JAX initialises a backend
   import jax
   from hamforget import experiment, report, train
+  from hamforget.data.errors import DataError
 
   try:
     with jax.set_mesh(mesh):
@@ -70,8 +71,8 @@ def main(argv):
   except train.Preempted as preempted:
     print(f"preempted (SIGTERM): {preempted}", file=sys.stderr)
     sys.exit(EXIT_PREEMPTED)
-  except (train.DivergedError, config_checks.ConfigError) as error:
-    sys.exit(f"error: {error}")
+  except (train.DivergedError, config_checks.ConfigError, DataError) as error:
+    sys.exit(f"error: {error}")  # bad input: one line naming it, nothing written is lost
   if jax.process_index() == 0:
     print(report.format_table(results))
     print(f"\nfull results: {os.path.join(_WORKDIR.value, 'results.md')}", file=sys.stderr)

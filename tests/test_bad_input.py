@@ -265,6 +265,19 @@ def test_refused_rerun_by_the_launcher_keeps_the_workdir(tmp_path):
   _unchanged(workdir, files)
 
 
+def test_forget_ids_not_in_the_data_are_one_line_from_the_launcher(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "launch.main", "--config=configs/mnist.py:local",
+       f"--workdir={tmp_path / 'run'}", f"--config.data.cache_dir={tmp_path / 'cache'}",
+       "--config.forget.kind=examples", "--config.forget.ids=mnist0004,no_such_image",
+       "--config.unlearn.methods=finetune"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode != 0
+  assert ("error: forget.ids: example ids not in the training set: no_such_image"
+          in result.stderr)
+  assert "Traceback" not in result.stderr  # a message, not a crash
+
+
 def test_batch_larger_than_the_training_split(tmp_path):
   from hamforget.data import prepare  # pylint: disable=import-outside-toplevel
   config = _config()

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from hamforget.data.errors import DataError
 from hamforget.data.types import Examples
 
 KINDS = ("classes", "groups", "examples")
@@ -116,7 +117,9 @@ def _check_ids_present(wanted: Sequence[str], present: np.ndarray, what: str) ->
   missing = sorted(set(wanted) - set(np.asarray(present).astype(str).tolist()))
   if missing:
     shown = ", ".join(missing[:10]) + (f", ... ({len(missing)} in all)" if len(missing) > 10 else "")
-    raise ValueError(f"forget.ids: {what} not in the training set: {shown}")
+    raise DataError(f"forget.ids: {what} not in the training set: {shown} (the training "
+                    f"rows of a run's splits.csv list them; with data.limit, only the kept "
+                    f"examples count)")
 
 
 def forget_mask(train: Examples, request: ForgetRequest, seed: int) -> np.ndarray:

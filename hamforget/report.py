@@ -207,7 +207,8 @@ def notes(results: Results, retrain_name: str = "retrain",
         f"The membership attack is underpowered at this size: it compares "
         f"{', '.join(map(str, sizes))} forget and as many class-matched test examples a side, "
         f"fewer than {powered_examples}. Read its interval, not its value (with no signal at "
-        f"all, 50 a side give accuracies between about 0.38 and 0.64).")
+        f"all, 50 a side already give accuracies between about 0.38 and 0.64; fewer "
+        f"spread wider).")
   retrain = results.get(retrain_name, {})
   if all(_is_missing(row.get("relearn_target")) for row in results.values()):
     lines.append("AIN not computed (evaluate.anamnesis off, or no held-out forget examples).")

@@ -42,8 +42,8 @@ import jax
 import ml_collections
 from absl import logging
 
-from hamforget import (audit, config_checks, files, operators, original, populations, progress,
-                       records, report, superseded, timing, workdir_lock)
+from hamforget import (audit, config_checks, files, observe, operators, original, populations,
+                       progress, records, report, superseded, timing, workdir_lock)
 from hamforget.data import prepare
 from hamforget.evaluate import suite
 from hamforget.models import build_model
@@ -91,7 +91,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh=None,
   with workdir_lock.hold(workdir, take=jax.process_index() == 0):
     # One writer of metrics.jsonl's TensorBoard copy: process 0.
     log = records.MetricsLog(workdir, tensorboard=jax.process_index() == 0 and bool(
-        observe_setting(config, "tensorboard", False)))
+        observe.setting(config, "tensorboard", False)))
     try:
       with _timed(phases, "total"), timing.Stopwatch() as watch:
         results = _run(config, workdir, mesh, phases, log, should_stop, shared_models)
@@ -131,11 +131,6 @@ def _share(shared: ModelStore | None, name: str, finished) -> None:
     shared.save(name, *finished)
   except Exception as e:  # pylint: disable=broad-except
     logging.warning("original: not shared (%s)", files.describe_error(e))
-
-
-def observe_setting(config, key: str, default):
-  """`config.observe.<key>`, or `default` for a config written before the section existed."""
-  return config.get("observe", {}).get(key, default)
 
 
 def _run(config, workdir: str, mesh, phases: dict[str, float], log: records.MetricsLog,

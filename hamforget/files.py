@@ -56,6 +56,12 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     f.write(text)
 
 
+def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
+  """Writes `arrays` as an uncompressed `.npz` to `path` atomically (no object arrays)."""
+  with atomic_open(path, "wb") as f:
+    np.savez(f, **arrays)
+
+
 def write_json(path: str | os.PathLike, value: Any, **kwargs) -> None:
   """Writes `value` as JSON to `path` atomically (`kwargs` go to `json.dump`)."""
   with atomic_open(path, "w") as f:

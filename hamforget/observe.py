@@ -18,6 +18,11 @@ from absl import logging
 TRACED_EPOCH = 2
 
 
+def setting(config, key: str, default):
+  """`config.observe.<key>`, or `default` for a config written before the section existed."""
+  return config.get("observe", {}).get(key, default)
+
+
 def device_memory_peak_gb() -> float | None:
   """Peak memory in use on this process's first device (GB, 1e9 bytes); None if unreported."""
   stats = jax.local_devices()[0].memory_stats()

@@ -89,7 +89,7 @@ def train_original(config, model, data: ExperimentData, workdir: str, rng,
   log = log or records.MetricsLog(workdir)
   checkpoints = checkpoint.FitCheckpoints(os.path.join(workdir, "checkpoints", ORIGINAL, key))
   bar = progress.bar(spec.num_epochs, f"train {ORIGINAL}", unit="epoch")
-  profiler = observe.EpochProfiler(config.get("observe", {}).get("profile_dir", ""))
+  profiler = observe.EpochProfiler(observe.setting(config, "profile_dir", ""))
 
   def on_epoch(carry):
     epoch = int(carry.epoch) - 1

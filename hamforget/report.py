@@ -254,11 +254,6 @@ def format_table(results: Results, metrics: Sequence[str] = SHORT_METRICS) -> st
   return "\n".join(lines)
 
 
-def _save_npz(path: str, arrays: Mapping[str, np.ndarray]) -> None:
-  with files.atomic_open(path, "wb") as f:
-    np.savez(f, **arrays)
-
-
 # Headers of results.md's tables that are not metric names -> the metrics they show.
 def _aliases() -> dict[str, tuple[str, ...]]:
   return {title: key if isinstance(key, tuple) else (key,) for title, key in SEED_COLUMNS}
@@ -379,9 +374,9 @@ def write_report(workdir: str, results: Results, per_example, curves: Mapping[st
       for field in ("loss", "logits", "labels", "lira_acc"):
         if field in outputs:
           arrays[f"{split}_{field}"] = np.asarray(outputs[field])
-    _save_npz(path_of(f"per_example_{_file_safe(model)}.npz"), arrays)
+    files.write_npz(path_of(f"per_example_{_file_safe(model)}.npz"), arrays)
   if curves:
-    _save_npz(path_of("relearning_curves.npz"), {m: np.asarray(c) for m, c in curves.items()})
+    files.write_npz(path_of("relearning_curves.npz"), {m: np.asarray(c) for m, c in curves.items()})
 
   test_labels = plots.split_labels(per_example)
   counts = (None if test_labels is None else

@@ -7,13 +7,16 @@ returns what it wrote, so a test can check the loader's output against it.
 from __future__ import annotations
 
 import csv
+import glob
 import gzip
 import os
+import struct
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from PIL import Image
+from tensorboardX.proto import event_pb2
 
 SKIN_CLASSES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
 HAM_COLUMNS = ("lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization")
@@ -197,3 +200,23 @@ def write_mnist_idx(folder: str | os.PathLike, n: tuple[int, int] = (30, 10), gz
     write_idx(folder / f"{prefix}-images-idx3-ubyte{suffix}", arrays[f"{split}_images"], gz)
     write_idx(folder / f"{prefix}-labels-idx1-ubyte{suffix}", arrays[f"{split}_labels"], gz)
   return arrays
+
+
+def read_scalars(folder: str) -> dict[str, list[tuple[int, float]]]:
+  """tag -> [(step, value)] of every TensorBoard event file in `folder`.
+
+  Event files are TFRecords: a uint64 length, its CRC, the serialised Event,
+  its CRC. Read here without TensorFlow or TensorBoard.
+  """
+  out = {}
+  for path in sorted(glob.glob(os.path.join(folder, "events.out.tfevents.*"))):
+    with open(path, "rb") as f:
+      data = f.read()
+    offset = 0
+    while offset < len(data):
+      (length,) = struct.unpack("<Q", data[offset:offset + 8])
+      event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+      offset += 12 + length + 4
+      for value in event.summary.value:
+        out.setdefault(value.tag, []).append((event.step, value.simple_value))
+  return out

@@ -77,10 +77,9 @@ def test_ham10000_run_on_the_published_layout_writes_every_output(tmp_path, capl
                "per_example_finetune.npz"):
     assert (workdir / name).stat().st_size > 0, name
   # Training curves for TensorBoard, a run per model, the original's per epoch.
-  from test_observe import read_scalars  # pylint: disable=import-outside-toplevel
-  curves = read_scalars(str(workdir / "tensorboard" / "original"))
+  curves = fixtures.read_scalars(str(workdir / "tensorboard" / "original"))
   assert [step for step, _ in curves["train_loss"]] == list(range(1, config.train.num_epochs + 1))
-  assert "work_s" in read_scalars(str(workdir / "tensorboard" / "finetune"))
+  assert "work_s" in fixtures.read_scalars(str(workdir / "tensorboard" / "finetune"))
   table = pd.read_csv(workdir / "splits.csv")
   assert len(table) == len(rows)
   # Grouped: no lesion in two splits; whole lesions forgotten.

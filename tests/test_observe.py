@@ -1,34 +1,12 @@
 """TensorBoard curves, the profiler trace and device memory (hamforget.tensorboard, .observe)."""
 
 import glob
-import os
-import struct
 
 import jax.numpy as jnp
 import pytest
-from tensorboardX.proto import event_pb2
 
+from fixtures import read_scalars
 from hamforget import observe, records
-
-
-def read_scalars(folder: str) -> dict[str, list[tuple[int, float]]]:
-  """tag -> [(step, value)] of every TensorBoard event file in `folder`.
-
-  Event files are TFRecords: a uint64 length, its CRC, the serialised Event,
-  its CRC. Read here without TensorFlow or TensorBoard.
-  """
-  out = {}
-  for path in sorted(glob.glob(os.path.join(folder, "events.out.tfevents.*"))):
-    with open(path, "rb") as f:
-      data = f.read()
-    offset = 0
-    while offset < len(data):
-      (length,) = struct.unpack("<Q", data[offset:offset + 8])
-      event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
-      offset += 12 + length + 4
-      for value in event.summary.value:
-        out.setdefault(value.tag, []).append((event.step, value.simple_value))
-  return out
 
 
 def test_metrics_lines_become_tensorboard_curves_per_model(tmp_path):

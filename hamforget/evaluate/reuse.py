@@ -50,16 +50,24 @@ class OutputsCache:
   """Per-model evaluation arrays in `folder`, keyed by content (module docstring).
 
   Args:
-    folder: where the files go ("" or None: no cache).
-    context: what every entry of this evaluation shares: `splits_digest`,
-      the evaluation config and the relearning key, as a JSON-able mapping.
+    folder: where the files go ("" or None: no cache; always none on several
+      processes, where the splits are not whole on any one host).
+    splits: name -> DeviceData measured (their bytes are part of every key).
+    config: the evaluation config (a ConfigDict).
+    relearn_rng: the key of the relearning batches; relearning: whether the
+      curves are measured.
   """
 
-  def __init__(self, folder: str | None, context: Mapping[str, Any]):
+  def __init__(self, folder: str | None, splits: Mapping[str, Any], config, relearn_rng,
+               relearning: bool):
     self.folder = folder if folder and jax.process_count() == 1 else ""
-    self._context = json.dumps(context, sort_keys=True, default=str)
+    self._context = "" if not self.folder else json.dumps({
+        "splits": splits_digest(splits), "evaluate": config.to_dict(),
+        "relearn_key": np.asarray(jax.random.key_data(relearn_rng)).tolist(),
+        "relearning": relearning}, sort_keys=True, default=str)
 
   def key(self, module, variables) -> str:
+    """The file name of `variables` measured through `module` in this context."""
     digest = hashlib.sha256(self._context.encode())
     digest.update(repr(module).encode())
     digest.update(files.tree_digest(variables).encode())
@@ -98,5 +106,4 @@ class OutputsCache:
               for split, values in outputs.items() for field in ("logits", "labels")}
     arrays.update({name: np.asarray(curve) for name, curve in curves.items()})
     os.makedirs(self.folder, exist_ok=True)
-    with files.atomic_open(self._path(key), "wb") as f:
-      np.savez(f, **arrays)
+    files.write_npz(self._path(key), arrays)

@@ -203,14 +203,18 @@ def _challenge_populations(model, populations: Mapping[str, Variables],
   """
   pairs = pair_populations({name: _population_outputs(model, stacked, splits, batch_size)
                             for name, stacked in populations.items()}, retrain_name)
+  if not pairs:
+    return {}
   labels = np.asarray(splits["forget"].labels)
   confidence = lambda population: challenge.logit_scaled_confidence(
       population["forget_logits"], labels)
+  reference = next(iter(pairs.values()))[1]  # one held-out population for every row
+  reference_confidence = confidence(reference)
   # Every pair's per-example attack (N,), once: the metric and the report read it.
   return {name: ({**own, "forget_lira_acc": lira.example_accuracies(confidence(own),
-                                                                    confidence(reference))},
+                                                                    reference_confidence)},
                  reference)
-          for name, (own, reference) in pairs.items()}
+          for name, (own, _) in pairs.items()}
 
 
 def evaluate_models(model, models: Mapping[str, Variables], splits: Mapping[str, DeviceData],
@@ -272,15 +276,11 @@ def evaluate_models(model, models: Mapping[str, Variables], splits: Mapping[str,
     bar.set_postfix_str(what)
     bar.update(1)
 
-  cache = reuse.OutputsCache(cache_dir, {
-      "splits": reuse.splits_digest(splits) if cache_dir else "",
-      "evaluate": config.to_dict() if hasattr(config, "to_dict") else dict(config),
-      "relearn_key": np.asarray(jax.random.key_data(relearn_rng)).tolist(),
-      "relearning": relearning})
+  cache = reuse.OutputsCache(cache_dir, splits, config, relearn_rng, relearning)
   keys = {name: cache.key(modules.get(name, model), variables)
           for name, variables in models.items()} if cache.folder else {}
-  cached = {name: cache.get(key) for name, key in keys.items()}
-  cached = {name: entry for name, entry in cached.items() if entry is not None}
+  cached = {name: entry for name, entry in ((n, cache.get(k)) for n, k in keys.items())
+            if entry is not None}
 
   per_example = {}
   for name, variables in models.items():
@@ -298,23 +298,23 @@ def evaluate_models(model, models: Mapping[str, Variables], splits: Mapping[str,
   random_variables = train.init_variables(model, tuple(splits["forget"].images.shape[1:]),
                                           random_rng)
   random_forget = model_outputs(model, random_variables, splits["forget"], batch_size)["logits"]
-  curves, retain_curves, reused = {}, {}, set()
+  curves, retain_curves = {}, {}
   if relearning:
-    reused = {name for name, entry in cached.items() if "forget_curve" in entry}
+    # A cached entry holds its curves (relearning is part of its key; none
+    # when the relearning sets are empty, as they are again now).
     curves, retain_curves = _relearn_curves(
-        model, {n: v for n, v in models.items() if n not in reused}, splits, request, config,
+        model, {n: v for n, v in models.items() if n not in cached}, splits, request, config,
         relearn_rng, modules, done=done)
-    for name in reused:
-      curves[name] = cached[name]["forget_curve"]
-      if "retain_curve" in cached[name]:
-        retain_curves[name] = cached[name]["retain_curve"]
+    for name, entry in cached.items():
+      for field, values in (("forget_curve", curves), ("retain_curve", retain_curves)):
+        if field in entry:
+          values[name] = entry[field]
       done(f"relearning curve of {name} (reused)")
-  for name, key in keys.items():
-    if name not in cached or (name in curves and name not in reused):
-      cache.put(key, per_example[name],
-                {field: values[name] for field, values in (("forget_curve", curves),
-                                                           ("retain_curve", retain_curves))
-                 if name in values})
+  for name in keys.keys() - cached.keys():
+    cache.put(keys[name], per_example[name],
+              {field: values[name] for field, values in (("forget_curve", curves),
+                                                         ("retain_curve", retain_curves))
+               if name in values})
   pairs = {}
   if with_populations:
     pairs = _challenge_populations(model, populations, splits, batch_size, retrain_name)

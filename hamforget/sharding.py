@@ -86,6 +86,19 @@ def replicate(tree, mesh: jax.sharding.Mesh):
   return jax.tree.map(put, tree)
 
 
+def to_host(x) -> np.ndarray:
+  """A jax.Array (or anything array-like) as one numpy array on this host.
+
+  On several processes an output sharded over `data` is not addressable from
+  any one of them: every process gathers it whole (a collective, so every
+  process must call this for the same arrays in the same order).
+  """
+  if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
+
+
 def global_batch(local_tree, mesh: jax.sharding.Mesh):
   """Assembles a global batch, sharded over `data`, from each process's local slice."""
   sharding = NamedSharding(mesh, P(DATA_AXIS))

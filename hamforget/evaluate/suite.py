@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hamforget import progress, train
+from hamforget import progress, sharding, train
 from hamforget.data.batches import DeviceData
 from hamforget.evaluate import challenge, lira, metrics, registry, reuse
 from hamforget.evaluate import relearn as relearn_lib
@@ -40,7 +40,7 @@ def model_outputs(model, variables: Variables, data: DeviceData,
   Returns:
     {"logits": float32 (N, K), "labels": int32 (N,), "loss": float64 (N,) nats}.
   """
-  logits = np.asarray(_predict(model, variables, data.images, batch_size), np.float32)
+  logits = sharding.to_host(_predict(model, variables, data.images, batch_size)).astype(np.float32)
   labels = np.asarray(data.labels, np.int32)
   return {"logits": logits, "labels": labels, "loss": metrics.per_example_loss(logits, labels)}
 

@@ -24,12 +24,15 @@ def _digits():
 
 
 def _scrub_lr():
-  """SCRUB at three learning rates x two forgotten digits x 2 seeds."""
+  """SCRUB at three learning rates x two forgotten digits x 2 seeds.
+
+  The learning rate varies fastest: the three runs of one digit and seed are
+  neighbours, and `launch.sweep` makes their models in one program."""
   return grid.product(
       grid.axis("unlearn.methods", [("scrub",)]),
-      grid.axis("unlearn.scrub.learning_rate", [1e-4, 5e-4, 2.5e-3]),
       grid.axis("forget.classes", ["0", "1"]),
-      grid.axis("seed", (0, 1)))
+      grid.axis("seed", (0, 1)),
+      grid.axis("unlearn.scrub.learning_rate", [1e-4, 5e-4, 2.5e-3]))
 
 
 def _methods():

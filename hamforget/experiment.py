@@ -65,7 +65,8 @@ def _timed(phases: dict[str, float], name: str):
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, mesh=None,
-        should_stop=None, shared_models: str | None = None) -> dict[str, dict[str, float]]:
+        should_stop=None, shared_models: str | None = None,
+        batch_with=()) -> dict[str, dict[str, float]]:
   """Runs the whole experiment and writes every output into `workdir`.
 
   Besides the outputs listed in the module docstring, `timings.json` holds the
@@ -84,7 +85,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh=None,
   instead of making it, and a run that makes one leaves it there. The run's
   own store keeps its copy too, so the workdir stays complete
   (`launch.verify` reads it alone).
+
+  `batch_with` (configs of other runs, `operators.batch_key` equal to this
+  one's; needs `shared_models`) makes this run's operator for them too, in
+  one vmapped program (`operators.run_operator_batch`), and leaves their
+  models in the shared store: their own runs then only evaluate them.
   """
+  if batch_with and not shared_models:
+    raise ValueError("batch_with needs shared_models: the batch's models are left there")
   config_checks.check_config(config, workdir)  # before any work: a bad value fails in seconds
   phases: dict[str, float] = {}
   # One run per workdir: a second one would overwrite this one's files.
@@ -94,7 +102,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh=None,
         observe.setting(config, "tensorboard", False)))
     try:
       with _timed(phases, "total"), timing.Stopwatch() as watch:
-        results = _run(config, workdir, mesh, phases, log, should_stop, shared_models)
+        results = _run(config, workdir, mesh, phases, log, should_stop, shared_models,
+                       tuple(batch_with))
     finally:
       log.close()
     if jax.process_index() == 0:
@@ -130,11 +139,21 @@ def _share(shared: ModelStore | None, name: str, finished) -> None:
   try:
     shared.save(name, *finished)
   except Exception as e:  # pylint: disable=broad-except
-    logging.warning("original: not shared (%s)", files.describe_error(e))
+    logging.warning("%s: not shared (%s)", name, files.describe_error(e))
+
+
+def _share_batch(shared: ModelStore, operator: str, configs, outputs, data_fingerprint: str):
+  """Leaves the other runs' models of a batch in the shared store, each under
+  the name and fingerprint its own run looks for."""
+  for config, (variables, info, timings) in zip(configs, outputs):
+    fingerprint = model_fingerprint(config, operator, data_fingerprint)
+    _share(shared, f"{operator}-{fingerprint}",
+           (variables, records.cost_record(info, **timings, fingerprint=fingerprint)))
 
 
 def _run(config, workdir: str, mesh, phases: dict[str, float], log: records.MetricsLog,
-         should_stop=None, shared_models: str | None = None) -> dict[str, dict[str, float]]:
+         should_stop=None, shared_models: str | None = None,
+         batch_with: tuple = ()) -> dict[str, dict[str, float]]:
   os.makedirs(workdir, exist_ok=True)
   is_writer = jax.process_index() == 0
   started_at = audit.now()
@@ -202,21 +221,29 @@ def _run(config, workdir: str, mesh, phases: dict[str, float], log: records.Metr
     # A new original invalidates every model made from it.
     finished = None if original_is_new else store.load(name, like, fingerprint)
     # Retrain starts from scratch, whatever the original: in a sweep it is
-    # made once per forget request and seed, whatever the operator.
-    shared_name = f"{name}-{fingerprint}" if operator == RETRAIN else None
-    if finished is None and shared_name:
+    # made once per forget request and seed, whatever the operator. An
+    # operator's model is there when another run made it in its batch.
+    shared_name = f"{name}-{fingerprint}"
+    if finished is None and (operator == RETRAIN or not original_is_new):
       finished = _from_shared(store, shared, shared_name, name, like, fingerprint)
     if finished is None:
-      progress.say(f"unlearn {name} ...")
+      key = operators.operator_rng(rng, name)  # from the name: retrain_seed2 gets its own
       with _timed(phases, name):
-        # The key comes from the model's name: retrain_seed2 gets a seed of its own.
-        variables, info, timings = operators.run_operator(
-            operator, config, model, models[ORIGINAL], data, operators.operator_rng(rng, name))
+        if batch_with and name == operator != RETRAIN:
+          progress.say(f"unlearn {name} for {1 + len(batch_with)} runs in one program ...")
+          batch = operators.run_operator_batch(operator, [config, *batch_with], model,
+                                               models[ORIGINAL], data, key)
+          _share_batch(shared, operator, batch_with, batch[1:], data.fingerprint)
+          variables, info, timings = batch[0]
+        else:
+          progress.say(f"unlearn {name} ...")
+          variables, info, timings = operators.run_operator(
+              operator, config, model, models[ORIGINAL], data, key)
       finished = variables, records.cost_record(info, **timings, fingerprint=fingerprint)
       if is_writer:
         log.append(name, fingerprint, {**finished[1], "info": records.info_summary(info)})
       store.save(name, *finished)
-      if shared_name:
+      if operator == RETRAIN:
         _share(shared, shared_name, finished)
       progress.say(f"unlearn {name}: {finished[1]['work_s']:.1f} s "
                    f"(+{finished[1]['compile_s']:.1f} s compile)")

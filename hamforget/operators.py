@@ -7,13 +7,16 @@ jit it whole with replicated outputs, and time compilation and execution apart.
 
 from __future__ import annotations
 
+import json
 import time
 import zlib
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from hamforget import sharding, train, unlearn
+from hamforget.unlearn import catalog
 from hamforget.data.prepare import ExperimentData
 
 
@@ -72,3 +75,67 @@ def run_operator(name: str, config, model, variables, data: ExperimentData, rng)
   work_s = time.perf_counter() - start
   train.check_info_losses(name, info)  # before a broken model is stored and evaluated
   return new_variables, info, {"work_s": work_s, "compile_s": compile_s}
+
+
+def run_operator_batch(name: str, configs, model, variables, data: ExperimentData, rng):
+  """`run_operator` for runs that differ only in `name`'s traced hyper-parameters.
+
+  One program, `jax.vmap` over the stacked hyper-parameters: one compilation
+  and one pass over the data advance every run (what a grid of learning rates
+  or loss weights costs on an accelerator, which has the width for it). The
+  variables, data and key are shared: every run starts from the same
+  original, as its own run would.
+
+  Args:
+    configs: the runs' experiment configs; equal but for `unlearn.<name>`'s
+      traced keys (`Operator.traced_keys`).
+
+  Returns:
+    One (variables, info, timings) per config, in order; `timings` are the
+    batch's seconds shared out equally, with `batched_runs` the batch size.
+
+  Raises:
+    ValueError: the configs differ in more than traced hyper-parameters.
+    train.DivergedError: a run's loss curve is not finite.
+  """
+  access_rng, op_rng = jax.random.split(rng)
+  fn, access, _ = bind(name, configs[0], model, data, access_rng)
+  operator = unlearn.get(name)
+  halves = [operator.split_config(operator.make_config(
+      c.unlearn.get(name), c.train, c.augment)) for c in configs]
+  if any(static != halves[0][0] for static, _ in halves):
+    raise ValueError(f"a batch of {name!r} runs may differ only in its traced keys "
+                     f"{operator.traced_keys}")
+  hypers = jax.tree.map(lambda *values: jnp.stack(values), *[hyper for _, hyper in halves])
+  batched = jax.vmap(fn, in_axes=(None, None, None, 0))
+  start = time.perf_counter()
+  compiled = jax.jit(batched, out_shardings=sharding.replicated()).lower(
+      variables, access, op_rng, hypers).compile()
+  compile_s = time.perf_counter() - start
+  start = time.perf_counter()
+  new_variables, info = jax.block_until_ready(compiled(variables, access, op_rng, hypers))
+  work_s = time.perf_counter() - start
+  timings = {"work_s": work_s / len(configs), "compile_s": compile_s / len(configs),
+             "batched_runs": len(configs)}
+  outputs = []
+  for i in range(len(configs)):
+    run_variables, run_info = jax.tree.map(lambda x, i=i: x[i], (new_variables, info))
+    train.check_info_losses(name, run_info)
+    outputs.append((run_variables, run_info, timings))
+  return outputs
+
+
+def batch_key(config) -> str | None:
+  """What runs batchable with `run_operator_batch` share: the config without
+  its one operator's traced hyper-parameters; None for a config that runs
+  several operators (or SISA, which trains its own ensemble)."""
+  methods = [m for m in catalog.method_names(config) if m != "retrain"]
+  if len(methods) != 1 or methods[0] == "sisa":
+    return None
+  name = methods[0]
+  flat = config.to_dict()
+  section = dict(flat["unlearn"].get(name) or {})
+  for key in unlearn.get(name).traced_keys:
+    section.pop(key, None)
+  flat["unlearn"] = {**flat["unlearn"], name: section}
+  return json.dumps(flat, sort_keys=True, default=str)

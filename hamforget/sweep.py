@@ -209,8 +209,8 @@ class Summary:
 
 def run_share(root: str, runs: Sequence[Run], run_fn: RunFn, *, num_tasks: int = 1,
               task_index: int = 0, meta: Mapping[str, Any] | None = None,
-              is_writer: bool = True, stop_errors: tuple[type[BaseException], ...] = ()
-              ) -> Summary:
+              is_writer: bool = True, stop_errors: tuple[type[BaseException], ...] = (),
+              batch_key: Callable[[ml_collections.ConfigDict], Any] | None = None) -> Summary:
   """Runs this task's share of `runs`, one by one, in `root/runs/<name>`.
 
   Args:
@@ -223,6 +223,10 @@ def run_share(root: str, runs: Sequence[Run], run_fn: RunFn, *, num_tasks: int =
     is_writer: whether this process writes files (process 0 of a multi-host run).
     stop_errors: errors that stop the whole sweep (preemption) instead of
       being recorded as the run's failure; re-raised.
+    batch_key: config -> a key or None (`operators.batch_key`). The first
+      unfinished run of each group of equal keys in this share is called as
+      `run_fn(config, workdir, batch_with=[the others' configs])`, and makes
+      the group's models in one program; the others then find theirs made.
 
   Returns:
     The names finished, skipped (already finished) and failed in this call.
@@ -232,6 +236,8 @@ def run_share(root: str, runs: Sequence[Run], run_fn: RunFn, *, num_tasks: int =
     write_manifest(root, runs, meta)
   summary = Summary()
   bar = progress.bar(len(share), f"sweep (task {task_index + 1}/{num_tasks})", unit="run")
+  keys = {run.id: batch_key(run.config) for run in share} if batch_key else {}
+  batched: set[str] = set()  # runs whose models an earlier run's batch made
   try:
     for k, run in enumerate(share, 1):
       workdir = run.folder(root)
@@ -239,13 +245,18 @@ def run_share(root: str, runs: Sequence[Run], run_fn: RunFn, *, num_tasks: int =
         summary.skipped.append(run.name)
         bar.update(1)
         continue
+      others = [] if run.id in batched or keys.get(run.id) is None else [
+          other for other in share[k:] if keys[other.id] == keys[run.id]
+          and other.id not in batched and not is_finished(root, other)]
+      batched.update(other.id for other in others)
       progress.say(f"sweep: run {k}/{len(share)} of this task ({len(runs)} in the grid): "
                    f"{run.name} [{run.id}]")
       if is_writer:
         _write_status(root, run, RUNNING, started=time.strftime("%Y-%m-%d %H:%M:%S %z"))
       start = time.perf_counter()
       try:
-        results = run_fn(run.config, workdir)
+        results = run_fn(run.config, workdir, batch_with=[other.config for other in others]
+                         ) if others else run_fn(run.config, workdir)
       except stop_errors:
         raise
       except Exception as e:  # pylint: disable=broad-except  # one run's failure is recorded

@@ -43,6 +43,9 @@ _SWEEP = flags.DEFINE_string(
 _WORKDIR = flags.DEFINE_string("workdir", None, "The sweep's root folder (created).")
 _NUM_TASKS = flags.DEFINE_integer("num_tasks", 1, "Machines (or processes) splitting the grid.")
 _TASK_INDEX = flags.DEFINE_integer("task_index", 0, "This one's index, 0 <= i < num_tasks.")
+_BATCH = flags.DEFINE_bool(
+    "batch", True, "Make the operator models of runs that differ only in that operator's "
+    "traced hyper-parameters (learning rates, loss weights, ...) in one vmapped program.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False,
                              "Check every run, write the manifest, list this task's runs; "
                              "train nothing.")
@@ -76,17 +79,19 @@ def main(argv):
   stop = runtime.stop_on_sigterm()
   mesh = runtime.start_jax(_CONFIG.value)  # one mesh for every run (mesh.* cannot vary)
   import jax  # pylint: disable=g-import-not-at-top
-  from hamforget import experiment, train  # pylint: disable=g-import-not-at-top
+  from hamforget import experiment, operators, train  # pylint: disable=g-import-not-at-top
 
-  def run_one(config, workdir):
+  def run_one(config, workdir, batch_with=()):
     with jax.set_mesh(mesh):
-      return experiment.run(config, workdir, mesh, should_stop=stop.is_set, shared_models=root)
+      return experiment.run(config, workdir, mesh, should_stop=stop.is_set, shared_models=root,
+                            batch_with=batch_with)
 
   try:
     summary = sweep.run_share(root, runs, run_one, num_tasks=_NUM_TASKS.value,
                               task_index=_TASK_INDEX.value, meta=meta,
                               is_writer=jax.process_index() == 0,
-                              stop_errors=(train.Preempted,))
+                              stop_errors=(train.Preempted,),
+                              batch_key=operators.batch_key if _BATCH.value else None)
   except train.Preempted as preempted:
     print(f"preempted (SIGTERM): {preempted}; rerun the same command to resume",
           file=sys.stderr)

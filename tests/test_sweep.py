@@ -184,12 +184,7 @@ def test_a_restarted_sweep_skips_finished_runs_and_a_failure_does_not_stop_the_r
   assert not any(sweep.is_finished(root, r) for r in sweep.plan(changed, _grid()))
 
 
-# ----------------------------------------------------------------------------
-# End to end: the real experiment, three runs sharing one original and one retrain.
-
-def test_runs_share_the_original_across_forget_requests_and_retrain_across_operators(tmp_path, monkeypatch):
-  import jax
-  from hamforget import experiment, sharding
+def _tiny_base(tmp_path):
   base = mnist.get_config("local")
   base.data.cache_dir = str(tmp_path / "cache")
   base.data.limit = 200
@@ -197,11 +192,21 @@ def test_runs_share_the_original_across_forget_requests_and_retrain_across_opera
   base.train.num_epochs = 1
   base.train.batch_size = 32
   base.model.name = "allcnn"  # compiles in a fraction of a ResNet's time
-  base.unlearn.methods = ()
   base.evaluate.anamnesis = False
   base.evaluate.noise_floor = False
   base.evaluate.ci_resamples = 20
   base.evaluate.mia_splits = 2
+  return base
+
+
+# ----------------------------------------------------------------------------
+# End to end: the real experiment, three runs sharing one original and one retrain.
+
+def test_runs_share_the_original_across_forget_requests_and_retrain_across_operators(tmp_path, monkeypatch):
+  import jax
+  from hamforget import experiment, sharding
+  base = _tiny_base(tmp_path)
+  base.unlearn.methods = ()
   # The third run differs from the second only in a hyper-parameter of an
   # operator it does not run: it shares the second's retrain as well.
   runs = sweep.plan(base, [{"forget.classes": "0"}, {"forget.classes": "1"},
@@ -244,6 +249,47 @@ def test_runs_share_the_original_across_forget_requests_and_retrain_across_opera
   assert retrain[0]["acc_forget"] == retrain[1]["acc_forget"]
 
 
+
+
+def test_runs_that_differ_in_traced_hyperparameters_run_as_one_program(tmp_path, monkeypatch):
+  import jax
+  from hamforget import experiment, operators, sharding
+  base = _tiny_base(tmp_path)
+  base.unlearn.methods = ("neggrad_plus",)
+  overrides = [{"unlearn.neggrad_plus.learning_rate": lr, "unlearn.neggrad_plus.alpha": alpha}
+               for lr, alpha in [(0.01, 0.99), (0.05, 0.9), (0.02, 0.95)]]
+  batches, singles = [], []
+  batch_fn, single_fn = operators.run_operator_batch, operators.run_operator
+  monkeypatch.setattr(experiment.operators, "run_operator_batch",
+                      lambda name, configs, *a: batches.append(len(configs)) or batch_fn(
+                          name, configs, *a))
+  monkeypatch.setattr(experiment.operators, "run_operator",
+                      lambda name, *a: singles.append(name) or single_fn(name, *a))
+  mesh = sharding.make_mesh(2)
+
+  def sweep_results(root, **kwargs):
+    runs = sweep.plan(base, overrides)
+
+    def run_one(config, workdir, batch_with=()):
+      with jax.set_mesh(mesh):
+        return experiment.run(config, workdir, mesh, shared_models=root, batch_with=batch_with)
+
+    assert len(sweep.run_share(root, runs, run_one, **kwargs).finished) == 3
+    return [json.load(open(os.path.join(r.folder(root), "results.json"))) for r in runs]
+
+  batched = sweep_results(str(tmp_path / "batched"), batch_key=operators.batch_key)
+  assert batches == [3] and singles == ["retrain"]  # one program for the three runs
+  one_by_one = sweep_results(str(tmp_path / "loop"))
+  assert singles == ["retrain"] + ["retrain"] + ["neggrad_plus"] * 3
+  for batch_run, single_run in zip(batched, one_by_one):
+    for metric, value in single_run["neggrad_plus"].items():
+      if metric.endswith("_s") or "ratio_to_retrain" in metric or value is None:
+        continue
+      # vmapped convolutions may sum in another order: equal to float rounding.
+      np.testing.assert_allclose(batch_run["neggrad_plus"][metric], value, rtol=1e-4,
+                                 atol=1e-5, err_msg=metric)
+  assert batched[0]["neggrad_plus"]["acc_forget"] != batched[1]["neggrad_plus"]["acc_forget"] or (
+      batched[0]["neggrad_plus"]["loss_forget_mean"] != batched[1]["neggrad_plus"]["loss_forget_mean"])
 
 
 def test_the_speedup_benchmark_times_the_points_it_was_given(tmp_path):

@@ -300,3 +300,35 @@ def check_sizes(config, sizes: Mapping[str, int]) -> None:
     if name != "gkt" and "batch_size" in settings and settings.batch_size > sizes["retain"]:
       logging.warning("unlearn.%s.batch_size=%d is larger than the retain set (%d examples): "
                       "each batch repeats examples", name, settings.batch_size, sizes["retain"])
+
+
+def check_batch_sizes(config, data_devices: int, processes: int = 1) -> None:
+  """Refuses a batch size the `data` mesh axis does not divide.
+
+  A batch of B examples is split into `data_devices` equal shards; when they
+  do not divide it, the step would run unsharded on every device (correct,
+  and `data_devices` times the work), and the grain stream could not give
+  each process an equal share. Checked for every `*batch_size` of the train
+  and evaluate sections and of each listed operator, its defaults included.
+
+  Raises:
+    ConfigError: naming each key, its value, the device and process counts,
+      and the nearest sizes that divide.
+  """
+  if data_devices <= 1:
+    return
+  sizes = {f"train.{k}": v for k, v in config.train.items() if k.endswith("batch_size")}
+  sizes.update({f"evaluate.{k}": v for k, v in config.evaluate.items()
+                if k.endswith("batch_size")})
+  defaults = catalog.defaults()
+  for name in catalog.method_names(config):
+    merged = {**defaults.get(name, {}), **(config.unlearn.get(name) or {})}
+    sizes.update({f"unlearn.{name}.{k}": v for k, v in merged.items() if k.endswith("batch_size")})
+  problems = _Problems()
+  for key, value in sorted(sizes.items()):
+    if _is_int(value) and value % data_devices:
+      lower = value - value % data_devices
+      problems.add(key, value, f"not divisible by the {data_devices} devices of the data axis "
+                   f"({processes} process{'es' if processes > 1 else ''}): expected a multiple "
+                   f"of {data_devices}, e.g. {max(lower, data_devices)} or {lower + data_devices}")
+  problems.raise_if_any()

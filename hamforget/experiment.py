@@ -43,7 +43,7 @@ import ml_collections
 from absl import logging
 
 from hamforget import (audit, config_checks, files, observe, operators, original, populations,
-                       progress, records, report, superseded, timing, workdir_lock)
+                       progress, records, report, sharding, superseded, timing, workdir_lock)
 from hamforget.data import prepare
 from hamforget.evaluate import suite
 from hamforget.models import build_model
@@ -94,6 +94,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh=None,
   if batch_with and not shared_models:
     raise ValueError("batch_with needs shared_models: the batch's models are left there")
   config_checks.check_config(config, workdir)  # before any work: a bad value fails in seconds
+  config_checks.check_batch_sizes(
+      config, mesh.shape[sharding.DATA_AXIS] if mesh is not None else 1, jax.process_count())
   phases: dict[str, float] = {}
   # One run per workdir: a second one would overwrite this one's files.
   with workdir_lock.hold(workdir, take=jax.process_index() == 0):

@@ -289,6 +289,32 @@ def test_batch_larger_than_the_training_split(tmp_path):
     prepare.prepare_data(config)
 
 
+def test_batch_sizes_the_data_axis_does_not_divide_are_named_with_the_fix(tmp_path):
+  from hamforget import experiment, sharding  # pylint: disable=import-outside-toplevel
+  config = _config()
+  config.train.batch_size = 66
+  config.unlearn.methods = ("scrub",)
+  config.unlearn.scrub = {"batch_size": 30}
+  config_checks.check_batch_sizes(config, 2)  # both even: two devices take them
+  with pytest.raises(ConfigError) as refused:
+    config_checks.check_batch_sizes(config, 4, processes=2)
+  message = str(refused.value)
+  assert "train.batch_size=66: not divisible by the 4 devices of the data axis (2 processes)" \
+      in message and "e.g. 64 or 68" in message
+  assert "unlearn.scrub.batch_size=30" in message
+  # An operator's default counts too: scrub's min-pass batch (64) does not
+  # split over 3 devices, nor does the evaluation's 512.
+  config.train.batch_size, config.unlearn.scrub = 66, {}
+  with pytest.raises(ConfigError, match=r"unlearn\.scrub\.batch_size=64"):
+    config_checks.check_batch_sizes(config, 3)
+  # The runner asks before anything is loaded: the workdir stays empty.
+  mesh = sharding.make_mesh(2)
+  config.train.batch_size = 33
+  with pytest.raises(ConfigError, match=r"train\.batch_size=33"):
+    experiment.run(config, str(tmp_path / "run"), mesh)
+  assert not (tmp_path / "run").exists()
+
+
 # ----------------------------------------------------------------- data files --
 
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import time
 import zlib
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from hamforget import sharding, train, unlearn
 from hamforget.unlearn import catalog
@@ -55,6 +57,38 @@ def bind(name: str, config: ml_collections.ConfigDict, model, data: ExperimentDa
   return fn, access, hyper
 
 
+# The compiled programs of this process, by everything that makes one. A
+# grid's runs (another learning rate; another seed or request of the same
+# shapes) trace and lower an operator once, not once per run: JAX's
+# persistent cache spares only XLA's part, and a fresh closure per run
+# defeats jit's own cache.
+_PROGRAMS: dict[tuple, Any] = {}
+
+
+def _signature(tree) -> tuple:
+  """Structure, shapes, dtypes and shardings of a pytree's leaves: what a jit specialises on."""
+  leaves, treedef = jax.tree.flatten(tree)
+  return treedef, tuple((np.shape(x), str(getattr(x, "dtype", type(x))),
+                         getattr(x, "sharding", None)) for x in leaves)
+
+
+def _compiled(name: str, static, model, data: ExperimentData, fn, *args):
+  """(compiled `jax.jit(fn)` for `args`, seconds spent compiling: 0 when reused).
+
+  `fn` must close over nothing but operator `name`, its `static` config,
+  `model` and `data.request` (what `bind` gives it): the key is those, the
+  arguments' signature and the mesh in context.
+  """
+  key = (name, json.dumps(static, sort_keys=True, default=str), repr(model), repr(data.request),
+         _signature(args), repr(jax.sharding.get_abstract_mesh()))
+  if key in _PROGRAMS:
+    return _PROGRAMS[key], 0.0
+  start = time.perf_counter()
+  compiled = jax.jit(fn, out_shardings=sharding.replicated()).lower(*args).compile()
+  _PROGRAMS[key] = compiled
+  return compiled, time.perf_counter() - start
+
+
 def run_operator(name: str, config, model, variables, data: ExperimentData, rng):
   """Runs one registered operator, jitted whole; returns (variables, info, timings).
 
@@ -66,10 +100,8 @@ def run_operator(name: str, config, model, variables, data: ExperimentData, rng)
   """
   access_rng, op_rng = jax.random.split(rng)
   fn, access, hyper = bind(name, config, model, data, access_rng)
-  start = time.perf_counter()
-  compiled = jax.jit(fn, out_shardings=sharding.replicated()).lower(
-      variables, access, op_rng, hyper).compile()
-  compile_s = time.perf_counter() - start
+  compiled, compile_s = _compiled(name, _static_config(name, config), model, data, fn,
+                                  variables, access, op_rng, hyper)
   start = time.perf_counter()
   new_variables, info = jax.block_until_ready(compiled(variables, access, op_rng, hyper))
   work_s = time.perf_counter() - start
@@ -108,10 +140,8 @@ def run_operator_batch(name: str, configs, model, variables, data: ExperimentDat
                      f"{operator.traced_keys}")
   hypers = jax.tree.map(lambda *values: jnp.stack(values), *[hyper for _, hyper in halves])
   batched = jax.vmap(fn, in_axes=(None, None, None, 0))
-  start = time.perf_counter()
-  compiled = jax.jit(batched, out_shardings=sharding.replicated()).lower(
-      variables, access, op_rng, hypers).compile()
-  compile_s = time.perf_counter() - start
+  compiled, compile_s = _compiled(f"{name} (vmapped)", halves[0][0], model, data, batched,
+                                  variables, access, op_rng, hypers)
   start = time.perf_counter()
   new_variables, info = jax.block_until_ready(compiled(variables, access, op_rng, hypers))
   work_s = time.perf_counter() - start
@@ -123,6 +153,13 @@ def run_operator_batch(name: str, configs, model, variables, data: ExperimentDat
     train.check_info_losses(name, run_info)
     outputs.append((run_variables, run_info, timings))
   return outputs
+
+
+def _static_config(name: str, config) -> dict:
+  """Operator `name`'s config in `config` less its traced keys: what its program bakes in."""
+  operator = unlearn.get(name)
+  return operator.split_config(operator.make_config(
+      config.unlearn.get(name), config.train, config.augment))[0]
 
 
 def batch_key(config) -> str | None:

@@ -147,3 +147,38 @@ def test_neggrad_ascent_stops_at_the_bound_example_by_example():
   # Unbounded (the reference): every example keeps pushing.
   unbounded = jax.grad(neggrad_plus.objective, argnums=1)(0.5, forget_losses, 0.9, jnp.inf)
   np.testing.assert_allclose(unbounded, [-0.025] * 4, rtol=1e-6)
+
+
+def test_a_runs_operator_program_is_compiled_once_per_shape_and_serves_every_value():
+  import types  # pylint: disable=import-outside-toplevel
+  from hamforget import operators  # pylint: disable=import-outside-toplevel
+  problem = learnable.problem()
+  data = types.SimpleNamespace(
+      device={"retain": problem.retain, "forget": problem.forget, "unlearn_val": problem.val,
+              "val": problem.val},
+      request=problem.request, num_classes=learnable.NUM_CLASSES,
+      image_shape=problem.retain.images.shape[1:])
+  config = problem.config.copy_and_resolve_references()
+  config.unlearn = {"neggrad_plus": {"num_epochs": 0.25, "learning_rate": 0.01}}
+
+  def run(learning_rate, seed=0):
+    config.unlearn.neggrad_plus.learning_rate = learning_rate
+    return operators.run_operator("neggrad_plus", config, problem.model, problem.variables, data,
+                                  jax.random.key(seed))
+
+  operators._PROGRAMS.clear()  # pylint: disable=protected-access
+  first_variables, _, first = run(0.01)
+  assert first["compile_s"] > 0
+  # Another learning rate, another key: the same program, not traced again.
+  other_variables, _, again = run(0.05, seed=1)
+  assert again["compile_s"] == 0
+  assert len(operators._PROGRAMS) == 1  # pylint: disable=protected-access
+  # ... and it computes what a fresh compilation computes.
+  operators._PROGRAMS.clear()  # pylint: disable=protected-access
+  fresh_variables, _, fresh = run(0.05, seed=1)
+  assert fresh["compile_s"] > 0
+  jax.tree.map(np.testing.assert_array_equal, other_variables, fresh_variables)
+  assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, first_variables, other_variables)))
+  # A static setting (a step count) is another program.
+  config.unlearn.neggrad_plus.num_epochs = 0.5
+  assert run(0.05)[2]["compile_s"] > 0

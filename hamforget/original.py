@@ -6,12 +6,11 @@ checkpoints of each config live apart, so a changed config starts afresh.
 
 from __future__ import annotations
 
-import functools
 import os
 
 import jax
 
-from hamforget import checkpoint, observe, progress, records, sharding, timing, train
+from hamforget import checkpoint, observe, progress, records, timing, train
 from hamforget.data import batches
 from hamforget.data.prepare import ExperimentData
 from hamforget.store import ORIGINAL, model_fingerprint
@@ -25,9 +24,7 @@ def fingerprint(config, data: ExperimentData) -> str:
 
 def init_variables(model, image_shape: tuple[int, int, int], rng: jax.Array) -> train.Variables:
   """Fresh variables, created replicated over the mesh in context."""
-  init = jax.jit(functools.partial(train.init_variables, model, image_shape),
-                 out_shardings=sharding.replicated())
-  return init(rng)
+  return train.init_replicated(model, image_shape, rng)
 
 
 def train_batches(config, data: ExperimentData, mesh=None):

@@ -53,9 +53,21 @@ def apply_model(model, variables: Variables, images: jax.Array, train: bool):
 
 
 def init_variables(model, image_shape: tuple[int, int, int], rng: jax.Array) -> Variables:
-  """Fresh variables for images of shape (H, W, C), as a plain dict."""
+  """Fresh variables for images of shape (H, W, C), as a plain dict (traceable)."""
   variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
   return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+
+
+@functools.cache
+def _init_program(out_sharding) -> Callable:
+  return jax.jit(init_variables, static_argnums=(0, 1), out_shardings=out_sharding)
+
+
+def init_replicated(model, image_shape: tuple[int, int, int], rng: jax.Array) -> Variables:
+  """`init_variables` outside a jit: one compiled program per model and shape,
+  its output replicated over the mesh in context. (Run eagerly, every
+  initialiser of every layer would compile apart, seconds each on CPU.)"""
+  return _init_program(sharding.replicated())(model, tuple(image_shape), rng)
 
 
 # ----------------------------------------------------------------------------

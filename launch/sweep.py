@@ -43,12 +43,21 @@ _SWEEP = flags.DEFINE_string(
 _WORKDIR = flags.DEFINE_string("workdir", None, "The sweep's root folder (created).")
 _NUM_TASKS = flags.DEFINE_integer("num_tasks", 1, "Machines (or processes) splitting the grid.")
 _TASK_INDEX = flags.DEFINE_integer("task_index", 0, "This one's index, 0 <= i < num_tasks.")
-_BATCH = flags.DEFINE_bool(
-    "batch", True, "Make the operator models of runs that differ only in that operator's "
-    "traced hyper-parameters (learning rates, loss weights, ...) in one vmapped program.")
+_BATCH = flags.DEFINE_enum(
+    "batch", "auto", ["auto", "on", "off"],
+    "Make the operator models of runs that differ only in that operator's traced "
+    "hyper-parameters (learning rates, loss weights, ...) in one vmapped program. auto: on "
+    "GPU and TPU; off on CPU, where a batch of N costs N runs' time and each new N compiles.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False,
                              "Check every run, write the manifest, list this task's runs; "
                              "train nothing.")
+
+
+def _batching(jax) -> bool:
+  """Whether `--batch` asks for batched runs on this platform."""
+  if _BATCH.value == "auto":
+    return jax.default_backend() != "cpu"
+  return _BATCH.value == "on"
 
 
 def main(argv):
@@ -91,7 +100,7 @@ def main(argv):
                               task_index=_TASK_INDEX.value, meta=meta,
                               is_writer=jax.process_index() == 0,
                               stop_errors=(train.Preempted,),
-                              batch_key=operators.batch_key if _BATCH.value else None)
+                              batch_key=operators.batch_key if _batching(jax) else None)
   except train.Preempted as preempted:
     print(f"preempted (SIGTERM): {preempted}; rerun the same command to resume",
           file=sys.stderr)

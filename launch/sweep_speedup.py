@@ -9,9 +9,9 @@ caches (dataset and compilation) and fresh folders:
   per training config, retrain once per forget request and seed, programs
   compiled once, the shared models' evaluation measured once, the operator
   models of runs that differ only in traced hyper-parameters made in one
-  vmapped program;
-- the same with `--nobatch` (each run's operator alone; `--nounbatched`
-  skips it);
+  vmapped program where `--batch=auto` batches (GPU, TPU);
+- the same with `--batch=on` and `--batch=off` (what batching gains on this
+  platform; `--nobatching` skips both);
 - `launch.main` once per run, as a shell loop would (each process starts
   JAX and trains its own original and retrains; the loop's runs share one
   persistent compilation cache, as every `launch.main` on one machine does by
@@ -41,8 +41,8 @@ _CONFIG = config_flags.DEFINE_config_file(
     config_help.CONFIG_FLAG, config_help.DEFAULT_CONFIG, "Base config of every run.")
 _SWEEP = flags.DEFINE_string("sweep", "scrub_lr", "NAME (configs/sweeps.py) or FILE.py:NAME.")
 _POINTS = flags.DEFINE_integer("points", 8, "Runs of the sweep timed (its first ones).")
-_UNBATCHED = flags.DEFINE_bool("unbatched", True,
-                               "Also time the sweep with --nobatch (each operator run alone).")
+_BATCHING = flags.DEFINE_bool("batching", True,
+                              "Also time the sweep with --batch=on and with --batch=off.")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -80,11 +80,15 @@ def main(argv):
     sweep_s = _run([sys.executable, "-m", "launch.sweep", f"--config={config_argument}",
                     f"--sweep={sweep_file}:points", f"--workdir={folder}/sweep",
                     f"--config.data.cache_dir={folder}/sweep_cache", *extra])
-    # The same sweep with every run's operator made alone: what the batching gains.
+    # The same sweep with batching forced on and off: what the batching gains here.
+    batched_s = _run([sys.executable, "-m", "launch.sweep", f"--config={config_argument}",
+                      f"--sweep={sweep_file}:points", f"--workdir={folder}/batched",
+                      f"--config.data.cache_dir={folder}/batched_cache", "--batch=on",
+                      *extra]) if _BATCHING.value else float("nan")
     unbatched_s = _run([sys.executable, "-m", "launch.sweep", f"--config={config_argument}",
                         f"--sweep={sweep_file}:points", f"--workdir={folder}/unbatched",
-                        f"--config.data.cache_dir={folder}/unbatched_cache", "--nobatch",
-                        *extra]) if _UNBATCHED.value else float("nan")
+                        f"--config.data.cache_dir={folder}/unbatched_cache", "--batch=off",
+                        *extra]) if _BATCHING.value else float("nan")
     loop = []
     for index, overrides in enumerate(points):
       flags_ = [f"--config.{key}={flag_value(value)}" for key, value in overrides.items()]
@@ -92,7 +96,8 @@ def main(argv):
                         f"--workdir={folder}/loop/{index}",
                         f"--config.data.cache_dir={folder}/loop_cache", *extra, *flags_]))
   print(json.dumps({"config": config_argument, "sweep": _SWEEP.value, "points": len(points),
-                    "sweep_s": round(sweep_s, 1), "sweep_unbatched_s": round(unbatched_s, 1),
+                    "sweep_s": round(sweep_s, 1), "sweep_batched_s": round(batched_s, 1),
+                    "sweep_unbatched_s": round(unbatched_s, 1),
                     "one_at_a_time_s": round(sum(loop), 1),
                     "speedup": round(sum(loop) / sweep_s, 2),
                     "one_at_a_time_each_s": [round(s, 1) for s in loop]}, indent=1))

@@ -558,8 +558,8 @@ def test_suite_reports_every_documented_metric(evaluated):
   assert floor["gap_to_retrain"] < original["gap_to_retrain"]
   # ZRF recomputed from scratch: the untrained network the suite draws, and
   # scipy's Jensen-Shannon distance squared.
-  random_variables = suite.train.init_variables(problem.model, (8, 8, 1),
-                                                jax.random.split(jax.random.key(0))[0])
+  random_variables = suite.train.init_replicated(problem.model, (8, 8, 1),
+                                                 jax.random.split(jax.random.key(0))[0])
   random_logits = suite.model_outputs(problem.model, random_variables, problem.forget,
                                       256)["logits"]
   ours = per_example["original"]["forget"]["logits"]

@@ -295,8 +295,8 @@ def evaluate_models(model, models: Mapping[str, Variables], splits: Mapping[str,
                          for split, data in splits.items()}
     done(f"outputs of {name} on {', '.join(splits)}")
   # ZRF's reference: an untrained network of the same architecture.
-  random_variables = train.init_variables(model, tuple(splits["forget"].images.shape[1:]),
-                                          random_rng)
+  random_variables = train.init_replicated(model, tuple(splits["forget"].images.shape[1:]),
+                                           random_rng)
   random_forget = model_outputs(model, random_variables, splits["forget"], batch_size)["logits"]
   curves, retain_curves = {}, {}
   if relearning:

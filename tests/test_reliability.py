@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import flax.linen as nn
 import jax
@@ -16,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import common
+from configs import common, mnist
 from hamforget import audit, checkpoint, operators, records, train
 from hamforget.data import batches
 
@@ -96,7 +97,8 @@ def test_run_operator_refuses_a_diverged_operator(monkeypatch):
   monkeypatch.setattr(operators, "bind", lambda *args: (diverging, {}, {}))
   variables = {"params": {"w": jnp.ones(3)}, "batch_stats": {}}
   with pytest.raises(train.DivergedError, match=r"^finetune: loss is nan at step 2 of 2"):
-    operators.run_operator("finetune", None, None, variables, None, jax.random.key(0))
+    operators.run_operator("finetune", mnist.get_config("local"), None, variables,
+                           types.SimpleNamespace(request=None), jax.random.key(0))
 
 
 # ---------------------------------------------------------------- preemption --

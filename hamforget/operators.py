@@ -100,7 +100,7 @@ def run_operator(name: str, config, model, variables, data: ExperimentData, rng)
   """
   access_rng, op_rng = jax.random.split(rng)
   fn, access, hyper = bind(name, config, model, data, access_rng)
-  compiled, compile_s = _compiled(name, _static_config(name, config), model, data, fn,
+  compiled, compile_s = _compiled(name, _config_halves(name, config)[0], model, data, fn,
                                   variables, access, op_rng, hyper)
   start = time.perf_counter()
   new_variables, info = jax.block_until_ready(compiled(variables, access, op_rng, hyper))
@@ -132,12 +132,10 @@ def run_operator_batch(name: str, configs, model, variables, data: ExperimentDat
   """
   access_rng, op_rng = jax.random.split(rng)
   fn, access, _ = bind(name, configs[0], model, data, access_rng)
-  operator = unlearn.get(name)
-  halves = [operator.split_config(operator.make_config(
-      c.unlearn.get(name), c.train, c.augment)) for c in configs]
+  halves = [_config_halves(name, c) for c in configs]
   if any(static != halves[0][0] for static, _ in halves):
     raise ValueError(f"a batch of {name!r} runs may differ only in its traced keys "
-                     f"{operator.traced_keys}")
+                     f"{unlearn.get(name).traced_keys}")
   hypers = jax.tree.map(lambda *values: jnp.stack(values), *[hyper for _, hyper in halves])
   batched = jax.vmap(fn, in_axes=(None, None, None, 0))
   compiled, compile_s = _compiled(f"{name} (vmapped)", halves[0][0], model, data, batched,
@@ -155,11 +153,12 @@ def run_operator_batch(name: str, configs, model, variables, data: ExperimentDat
   return outputs
 
 
-def _static_config(name: str, config) -> dict:
-  """Operator `name`'s config in `config` less its traced keys: what its program bakes in."""
+def _config_halves(name: str, config) -> tuple[dict, dict]:
+  """Operator `name`'s config in `config` as (static: baked into its program,
+  traced: float32 arguments), `Operator.split_config`."""
   operator = unlearn.get(name)
   return operator.split_config(operator.make_config(
-      config.unlearn.get(name), config.train, config.augment))[0]
+      config.unlearn.get(name), config.train, config.augment))
 
 
 def batch_key(config) -> str | None:

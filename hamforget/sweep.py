@@ -207,6 +207,17 @@ class Summary:
   failed: list[str] = dataclasses.field(default_factory=list)
 
 
+def _batches(root: str, share: Sequence[Run], batch_key) -> dict[str, list[Run]]:
+  """First run's id -> the other runs of its group: the unfinished runs of
+  `share` with one `batch_key` (not None), in share order."""
+  groups: dict[Any, list[Run]] = {}
+  for run in share:
+    key = batch_key(run.config)
+    if key is not None and not is_finished(root, run):
+      groups.setdefault(key, []).append(run)
+  return {group[0].id: group[1:] for group in groups.values() if len(group) > 1}
+
+
 def run_share(root: str, runs: Sequence[Run], run_fn: RunFn, *, num_tasks: int = 1,
               task_index: int = 0, meta: Mapping[str, Any] | None = None,
               is_writer: bool = True, stop_errors: tuple[type[BaseException], ...] = (),
@@ -236,8 +247,7 @@ def run_share(root: str, runs: Sequence[Run], run_fn: RunFn, *, num_tasks: int =
     write_manifest(root, runs, meta)
   summary = Summary()
   bar = progress.bar(len(share), f"sweep (task {task_index + 1}/{num_tasks})", unit="run")
-  keys = {run.id: batch_key(run.config) for run in share} if batch_key else {}
-  batched: set[str] = set()  # runs whose models an earlier run's batch made
+  batches = _batches(root, share, batch_key) if batch_key else {}
   try:
     for k, run in enumerate(share, 1):
       workdir = run.folder(root)
@@ -245,10 +255,7 @@ def run_share(root: str, runs: Sequence[Run], run_fn: RunFn, *, num_tasks: int =
         summary.skipped.append(run.name)
         bar.update(1)
         continue
-      others = [] if run.id in batched or keys.get(run.id) is None else [
-          other for other in share[k:] if keys[other.id] == keys[run.id]
-          and other.id not in batched and not is_finished(root, other)]
-      batched.update(other.id for other in others)
+      others = batches.get(run.id, [])
       progress.say(f"sweep: run {k}/{len(share)} of this task ({len(runs)} in the grid): "
                    f"{run.name} [{run.id}]")
       if is_writer:

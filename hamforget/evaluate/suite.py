@@ -40,7 +40,8 @@ def model_outputs(model, variables: Variables, data: DeviceData,
   Returns:
     {"logits": float32 (N, K), "labels": int32 (N,), "loss": float64 (N,) nats}.
   """
-  logits = sharding.to_host(_predict(model, variables, data.images, batch_size)).astype(np.float32)
+  logits = np.asarray(sharding.to_host(_predict(model, variables, data.images, batch_size)),
+                      np.float32)
   labels = np.asarray(data.labels, np.int32)
   return {"logits": logits, "labels": labels, "loss": metrics.per_example_loss(logits, labels)}
 

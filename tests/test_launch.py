@@ -1,38 +1,82 @@
 """The launcher as a user runs it: a subprocess with absl flags."""
 
+import json
 import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _main(workdir, cache):
-  command = [sys.executable, "-m", "launch.main", "--config=configs/mnist.py:local",
-             f"--workdir={workdir}", f"--config.data.cache_dir={cache}",
-             "--config.train.num_epochs=1", "--config.evaluate.anamnesis=False",
-             # Compilation is most of this run's time: a smaller, faster-compiling model.
-             "--config.model.name=resnet10", "--config.model.conv=xla",
-             "--config.unlearn.methods="]
+def _config_flags(cache):
+  return ["--config=configs/mnist.py:local", f"--config.data.cache_dir={cache}",
+          "--config.train.num_epochs=1", "--config.evaluate.anamnesis=False",
+          # Compilation is most of this run's time: a smaller, faster-compiling model.
+          "--config.model.name=resnet10", "--config.model.conv=xla",
+          "--config.unlearn.methods=neggrad_plus"]
+
+
+def _launcher(module, *flags):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # the launcher's own devices
-  done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+  done = subprocess.run([sys.executable, "-m", module, *flags], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=900)
   assert done.returncode == 0, done.stderr[-3000:]
   return done
 
 
-def test_main_prints_the_table_and_reuses_compiled_programs(tmp_path):
-  cache = tmp_path / "cache"
-  done = _main(tmp_path / "run", cache)
+def _main(workdir, cache):
+  return _launcher("launch.main", f"--workdir={workdir}", *_config_flags(cache))
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+  """(workdir, compilation cache, the launcher's output) of one short main job."""
+  root = tmp_path_factory.mktemp("launch")
+  return root / "run", root / "cache", _main(root / "run", root / "cache")
+
+
+def test_main_prints_the_table_and_reuses_compiled_programs(finished, tmp_path):
+  _, cache, done = finished
   header = done.stdout.splitlines()[0].split()
   assert header[:3] == ["model", "acc_retain", "acc_forget"]
   assert [line.split()[0] for line in done.stdout.splitlines()[1:] if line.strip()] == [
-      "original", "retrain", "retrain_seed2"]
+      "original", "retrain", "retrain_seed2", "neggrad_plus"]
   compiled = set(os.listdir(cache / "jax"))
   assert compiled
   # A fresh workdir reruns every model: each program comes from the
   # persistent cache, none is compiled (and written) again.
   _main(tmp_path / "again", cache)
   assert set(os.listdir(cache / "jax")) == compiled
+
+
+def test_try_operator_reruns_an_operator_as_the_main_job_measured_it(finished):
+  workdir, cache, _ = finished
+  results = json.loads((workdir / "results.json").read_text())
+  before = sorted(os.listdir(workdir))
+  done = _launcher("launch.try_operator", f"--workdir={workdir}", *_config_flags(cache),
+                   "--operator=neggrad_plus", "--variants=,learning_rate=0.3:num_epochs=4.0")
+  lines = dict(line.split(" ", 1) for line in done.stdout.splitlines())
+  measured = {name: json.loads(line[line.index("{"):]) for name, line in lines.items()}
+  # Its defaults give the model the main job made, on every split it reports.
+  for name, row in (("original", "original"), ("neggrad_plus[]", "neggrad_plus")):
+    assert measured[name]["retain"] == round(results[row]["acc_retain"], 3)
+    assert measured[name]["forget"] == round(results[row]["acc_forget"], 3)
+    assert measured[name]["test"] == round(results[row]["acc_test"], 3)
+  assert measured["neggrad_plus[learning_rate=0.3:num_epochs=4.0]"] != measured["neggrad_plus[]"]
+  assert sorted(os.listdir(workdir)) == before  # nothing written to the workdir
+
+
+def test_try_operator_names_a_key_the_operator_does_not_have():
+  from launch import try_operator
+  with pytest.raises(ValueError, match=r"'lr=0.1' is not key=value with a key among"):
+    try_operator.parse_variant("lr=0.1", {"learning_rate": 0.01})
+  with pytest.raises(ValueError, match=r"num_epochs takes a int like 3, not '2.5'"):
+    try_operator.parse_variant("num_epochs=2.5", {"num_epochs": 3})
+  assert try_operator.parse_variant("learning_rate=0.1:update_batch_stats=false", {
+      "learning_rate": 0.01, "update_batch_stats": True}) == {
+          "learning_rate": 0.1, "update_batch_stats": False}
 
 
 def _launch(*flags):

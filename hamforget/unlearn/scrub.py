@@ -25,13 +25,10 @@ teacher in eval mode.
 `info` holds one value per step of `loss`, `forget_kl` (NaN on min steps),
 `retain_ce` and `retain_kl` (NaN on max steps), and `is_max_step`.
 
-Deviation from the reference: its min pass is a full epoch over the retain
-set, 128 examples a step, which on the default MNIST run costs about a quarter
-of retraining. Here a min pass is `min_steps` batches of 64 (0 restores the
-full epoch): it forgets as fully at a third of the cost, a tenth of
-retraining's, for a little retain accuracy; fewer, larger min batches repair
-too little of what the max passes damage. Measurements:
-docs/operator-tuning.md, section `scrub`.
+The min pass is the reference's: a full pass over the retain set (at batch
+64 here, the reference's 128). A pass shortened to `min_steps` batches is
+cheaper but repairs less than the max passes damage (docs/operator-tuning.md,
+section `scrub`).
 
 Hyper-parameters (defaults):
   learning_rate: 5e-4, constant SGD (the reference's).
@@ -43,7 +40,7 @@ Hyper-parameters (defaults):
   num_epochs: 3 (the reference's sgda_epochs).
   batch_size: 64 retain examples per min step (the reference: 128).
   forget_batch_size: 32 forget examples per max step (the reference's).
-  min_steps: 16 retain batches per min pass (0 = a full pass over retain).
+  min_steps: 0, a full pass over retain per min pass (N > 0: N batches).
 """
 
 from __future__ import annotations
@@ -58,7 +55,7 @@ from hamforget.unlearn import base, common
 
 DEFAULTS = {"learning_rate": 5e-4, "momentum": 0.9, "weight_decay": 5e-4, "alpha": 0.001,
             "gamma": 0.99, "temperature": 4.0, "msteps": 2, "num_epochs": 3, "batch_size": 64,
-            "forget_batch_size": 32, "min_steps": 16}
+            "forget_batch_size": 32, "min_steps": 0}
 
 
 def schedule(num_epochs: int, msteps: int, max_steps: int, min_steps: int):

@@ -73,7 +73,9 @@ def main(argv):
   if name not in config.unlearn:
     raise app.UsageError(f"--operator={name}: not an operator of this config "
                          f"({sorted(config.unlearn.keys())})")
-  variants = [(text, parse_variant(text, config.unlearn[name])) for text in _VARIANTS.value]
+  # `--variants=` parses as no variant at all: read it as the defaults alone.
+  texts = _VARIANTS.value or [""]
+  variants = [(text, parse_variant(text, config.unlearn[name])) for text in texts]
   mesh = runtime.start_jax(config)
   import jax  # pylint: disable=g-import-not-at-top  (after the mesh and the compilation cache)
   with jax.set_mesh(mesh):  # as launch.main: state replicated over the mesh, batches split

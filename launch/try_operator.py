@@ -23,6 +23,7 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from hamforget.unlearn import catalog  # no JAX: operators known before JAX starts
 from launch import config_help, runtime
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -70,12 +71,17 @@ def main(argv):
   logging.get_absl_handler().addFilter(runtime.QuietLibraries())
   config = _CONFIG.value
   name = _OPERATOR.value
-  if name not in config.unlearn:
-    raise app.UsageError(f"--operator={name}: not an operator of this config "
-                         f"({sorted(config.unlearn.keys())})")
+  if name not in catalog.names() or name not in config.unlearn:
+    raise app.UsageError(f"--operator={name}: not an operator ({', '.join(catalog.names())})")
+  if name == "sisa":  # not a function of the original: it trains its own shard ensemble
+    raise app.UsageError("--operator=sisa trains its own ensemble from scratch: run it with "
+                         "launch.main --config.unlearn.methods=sisa")
   # `--variants=` parses as no variant at all: read it as the defaults alone.
   texts = _VARIANTS.value or [""]
-  variants = [(text, parse_variant(text, config.unlearn[name])) for text in texts]
+  try:
+    variants = [(text, parse_variant(text, config.unlearn[name])) for text in texts]
+  except ValueError as error:
+    raise app.UsageError(str(error)) from None
   mesh = runtime.start_jax(config)
   import jax  # pylint: disable=g-import-not-at-top  (after the mesh and the compilation cache)
   with jax.set_mesh(mesh):  # as launch.main: state replicated over the mesh, batches split

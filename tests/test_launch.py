@@ -74,6 +74,16 @@ def test_try_operator_names_a_key_the_operator_does_not_have():
     try_operator.parse_variant("lr=0.1", {"learning_rate": 0.01})
   with pytest.raises(ValueError, match=r"num_epochs takes a int like 3, not '2.5'"):
     try_operator.parse_variant("num_epochs=2.5", {"num_epochs": 3})
+  # From the command line: refused in one line before JAX starts, sisa and non-operators too.
+  for flags, first in (
+      (["--operator=scrub", "--variants=lr=1"], "variant 'lr=1': 'lr=1' is not key=value"),
+      (["--operator=methods"], "--operator=methods: not an operator (bad_teacher, emmn,"),
+      (["--operator=sisa"], "--operator=sisa trains its own ensemble")):
+    done = subprocess.run([sys.executable, "-m", "launch.try_operator", "--workdir=/nonexistent",
+                           "--config=configs/mnist.py:local", *flags], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert first in done.stderr
   assert try_operator.parse_variant("learning_rate=0.1:update_batch_stats=false", {
       "learning_rate": 0.01, "update_batch_stats": True}) == {
           "learning_rate": 0.1, "update_batch_stats": False}

@@ -36,33 +36,6 @@ _VARIANTS = flags.DEFINE_list(
     "config.unlearn.<operator>; an empty variant runs the defaults.")
 
 
-def parse_variant(text: str, defaults) -> dict:
-  """`key=value:key=value` -> {key: value} typed like each key's default.
-
-  Raises:
-    ValueError: naming the key that is not a hyper-parameter of the operator,
-      or the value that does not parse as its default's type.
-  """
-  overrides = {}
-  for item in filter(None, text.split(":")):
-    key, sep, value = item.partition("=")
-    if not sep or key not in defaults:
-      raise ValueError(f"variant {text!r}: {item!r} is not key=value with a key among "
-                       f"{sorted(defaults)}")
-    default = defaults[key]
-    if isinstance(default, bool):
-      if value not in ("True", "False", "true", "false"):
-        raise ValueError(f"variant {text!r}: {key} takes True or False, not {value!r}")
-      overrides[key] = value.lower() == "true"
-    else:
-      try:
-        overrides[key] = type(default)(value)
-      except ValueError:
-        raise ValueError(f"variant {text!r}: {key} takes a {type(default).__name__} like "
-                         f"{default!r}, not {value!r}") from None
-  return overrides
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -79,7 +52,7 @@ def main(argv):
   # `--variants=` parses as no variant at all: read it as the defaults alone.
   texts = _VARIANTS.value or [""]
   try:
-    variants = [(text, parse_variant(text, config.unlearn[name])) for text in texts]
+    variants = [(text, catalog.parse_variant(text, config.unlearn[name])) for text in texts]
   except ValueError as error:
     raise app.UsageError(str(error)) from None
   mesh = runtime.start_jax(config)

@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from hamforget.unlearn import catalog
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -69,11 +71,10 @@ def test_try_operator_reruns_an_operator_as_the_main_job_measured_it(finished):
 
 
 def test_try_operator_names_a_key_the_operator_does_not_have():
-  from launch import try_operator
   with pytest.raises(ValueError, match=r"'lr=0.1' is not key=value with a key among"):
-    try_operator.parse_variant("lr=0.1", {"learning_rate": 0.01})
+    catalog.parse_variant("lr=0.1", {"learning_rate": 0.01})
   with pytest.raises(ValueError, match=r"num_epochs takes a int like 3, not '2.5'"):
-    try_operator.parse_variant("num_epochs=2.5", {"num_epochs": 3})
+    catalog.parse_variant("num_epochs=2.5", {"num_epochs": 3})
   # From the command line: refused in one line before JAX starts, sisa and non-operators too.
   for flags, first in (
       (["--operator=scrub", "--variants=lr=1"], "variant 'lr=1': 'lr=1' is not key=value"),
@@ -84,7 +85,7 @@ def test_try_operator_names_a_key_the_operator_does_not_have():
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert first in done.stderr
-  assert try_operator.parse_variant("learning_rate=0.1:update_batch_stats=false", {
+  assert catalog.parse_variant("learning_rate=0.1:update_batch_stats=false", {
       "learning_rate": 0.01, "update_batch_stats": True}) == {
           "learning_rate": 0.1, "update_batch_stats": False}
 

@@ -137,3 +137,33 @@ def check_methods(config) -> None:
           f"operator {name!r} cannot serve forget.kind={kind!r}: it forgets "
           f"{' or '.join(served[name])} only. Remove it from unlearn.methods or change "
           f"forget.kind.")
+
+
+def parse_variant(text: str, defaults) -> dict:
+  """`key=value:key=value` -> {key: value} typed like each key's default.
+
+  `defaults`: an operator's hyper-parameters (its DEFAULTS or its config
+  section); a variant of `launch.try_operator` sets some of them.
+
+  Raises:
+    ValueError: naming the key that is not a hyper-parameter of the operator,
+      or the value that does not parse as its default's type.
+  """
+  overrides = {}
+  for item in filter(None, text.split(":")):
+    key, sep, value = item.partition("=")
+    if not sep or key not in defaults:
+      raise ValueError(f"variant {text!r}: {item!r} is not key=value with a key among "
+                       f"{sorted(defaults)}")
+    default = defaults[key]
+    if isinstance(default, bool):
+      if value not in ("True", "False", "true", "false"):
+        raise ValueError(f"variant {text!r}: {key} takes True or False, not {value!r}")
+      overrides[key] = value.lower() == "true"
+    else:
+      try:
+        overrides[key] = type(default)(value)
+      except ValueError:
+        raise ValueError(f"variant {text!r}: {key} takes a {type(default).__name__} like "
+                         f"{default!r}, not {value!r}") from None
+  return overrides

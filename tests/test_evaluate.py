@@ -43,7 +43,7 @@ def _context(outputs, *, forget_classes=(), populations=None, **config_overrides
       name="model", outputs=outputs, original=None, retrain=None, forget_classes=forget_classes,
       class_names=tuple(f"c{k}" for k in range(num_classes)), costs={}, retrain_costs={},
       random_forget_logits=np.zeros_like(outputs["forget"]["logits"]), curve=None,
-      original_curve=None, retrain_curve=None, retain_curve=None, populations=populations,
+      retrain_curve=None, retain_curve=None, relearn_target=math.nan, populations=populations,
       config=config)
 
 
@@ -329,7 +329,7 @@ def test_anamnesis_metric_records_retain_accuracy_where_the_target_is_met():
   outputs = {split: _outputs(np.full(4, 0.1), np.zeros(4)) for split in ("retain", "forget",
                                                                           "test")}
   context = dataclasses.replace(
-      _context(outputs), original_curve=np.array([1.0, 1.0, 1.0, 1.0]),
+      _context(outputs), relearn_target=0.95,
       curve=np.array([0.2, 0.5, 0.97, 0.99]), retain_curve=np.array([0.9, 0.8, 0.7, 0.6]),
       retrain_curve=np.array([0.0, 0.1, 0.2, 0.3]))
   row = measures.anamnesis_index(context)
@@ -676,12 +676,15 @@ def _first_step_at(curve, target):
 def test_suite_relearning_curves_and_anamnesis_index(evaluated):
   problem, config, _, results, _, curves = evaluated
   assert set(curves) == {"original", "retrain", "retrain_seed2", "finetune"}
-  for curve in curves.values():
-    assert curve.shape == (config.relearn_steps + 1,)
-    assert np.all((curve >= 0) & (curve <= 1))
   original, retrain = results["original"], results["retrain"]
-  target = 0.95 * curves["original"][0]
-  assert original["relearn_target"] == pytest.approx(target)
+  target = original["relearn_target"]
+  assert target == pytest.approx(0.95 * curves["original"][0])
+  for name, curve in curves.items():
+    # Measured up to the step that met the target, NaN after it.
+    assert curve.shape == (config.relearn_steps + 1,)
+    steps = int(results[name]["relearn_steps"])
+    assert np.all((curve[:steps + 1] >= 0) & (curve[:steps + 1] <= 1))
+    assert curve[steps] >= target and np.all(np.isnan(curve[steps + 1:]))
   assert original["relearn_met_at_start"] == 1.0
   assert original["relearn_steps"] == _first_step_at(curves["original"], target) >= 1
   assert retrain["relearn_start_acc"] < 0.2
@@ -712,9 +715,40 @@ def test_relearning_curve_is_measured_on_held_out_forget_examples(evaluated):
       problem.model, problem.variables, relearn_set, holdout, retain_holdout, relearn_rng,
       num_steps=config.relearn_steps, batch_size=config.relearn_batch_size,
       learning_rate=config.relearn_learning_rate, eval_batch_size=config.batch_size)
-  np.testing.assert_allclose(curve, curves["original"])
+  stopped = curves["original"]
+  measured = ~np.isnan(stopped)
+  np.testing.assert_allclose(curve[measured], stopped[measured])
   assert curve[0] == pytest.approx(problem.accuracy(problem.variables, holdout))
   assert retain_curve[0] == pytest.approx(problem.accuracy(problem.variables, retain_holdout))
+
+
+def test_a_relearning_curve_stopped_at_the_target_is_the_whole_curve_until_then(evaluated):
+  problem, config, _, results, _, curves = evaluated
+  splits = {"forget": problem.forget, "test": problem.test}
+  relearn_set, holdout, _ = suite.relearn_sets(splits, problem.request, config)
+  retain_holdout = suite.retain_holdout_set(splits, problem.request, config)
+  retrain = _without_class_0(problem.variables, *RETRAIN_HEAD)
+  whole, whole_retain = relearn.relearn_curve(
+      problem.model, retrain, relearn_set, holdout, retain_holdout,
+      jax.random.split(jax.random.key(0))[1], num_steps=config.relearn_steps,
+      batch_size=config.relearn_batch_size, learning_rate=config.relearn_learning_rate,
+      eval_batch_size=config.batch_size)
+  assert not np.any(np.isnan(whole))  # no target: the whole budget
+  target = results["original"]["relearn_target"]
+  steps = _first_step_at(np.asarray(whole), target)
+  assert 1 < steps < config.relearn_steps  # the suite's curve stopped partway
+  stopped = curves["retrain"]
+  np.testing.assert_allclose(stopped[:steps + 1], whole[:steps + 1], rtol=1e-6)
+  assert np.all(np.isnan(stopped[steps + 1:])) and results["retrain"]["relearn_steps"] == steps
+  assert results["retrain"]["relearn_retain_acc"] == pytest.approx(float(whole_retain[steps]))
+
+
+def test_the_loop_threshold_never_stops_short_of_the_float64_target():
+  for target in (0.95 * 0.7, 0.95 * 53 / 57, 0.95 * 1 / 3, 0.5):
+    threshold = anamnesis.stop_threshold(target)
+    assert threshold.dtype == np.float32 and float(threshold) >= target
+    assert float(threshold) - target < 1e-7
+  assert np.isnan(anamnesis.stop_threshold(float("nan")))
 
 
 def test_relearn_sets_of_group_requests_relearn_and_measure_the_same_examples(evaluated):

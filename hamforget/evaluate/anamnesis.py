@@ -21,11 +21,30 @@ UPPER_BOUND = -1.0     # retrain ran out of budget: the true index is at most `a
 NO_BOUND = 2.0         # both ran out: `ain` is NaN, raise `evaluate.relearn_steps`
 
 
+def target(original_accuracy: float, alpha: float) -> float:
+  """The accuracy relearning must regain: (1 - alpha) x the original's, on
+  the held-out forget examples before any relearning (float64)."""
+  return (1.0 - alpha) * float(original_accuracy)
+
+
+def stop_threshold(target_: float) -> np.float32:
+  """`target_` as the float32 the relearning loop compares its accuracies with.
+
+  Rounded up where float32 rounds down, so the loop never stops at a step
+  whose accuracy `relearn_steps` (comparing in float64) would not count as
+  reaching the target; NaN stays NaN (never stop).
+  """
+  single = np.float32(target_)
+  # float(): numpy would compare a float32 with a Python float in float32.
+  return np.nextafter(single, np.float32(np.inf)) if float(single) < target_ else single
+
+
 def relearn_steps(curve: np.ndarray, target: float) -> tuple[float, bool]:
   """Relearning steps to reach `target`, counted from 1 as the reference counts.
 
   Args:
-    curve: (budget + 1,) accuracy after 0, 1, ..., budget steps.
+    curve: (budget + 1,) accuracy after 0, 1, ..., budget steps; NaN after
+      the step at which a relearning loop stopped, having met the target.
     target: the accuracy to reach.
 
   Returns:

@@ -326,9 +326,9 @@ def entropy_attack(c: Context) -> dict[str, float]:
           "relearn_budget_ran_out": "no (else relearn_steps is a bound)",
           "relearn_retain_acc": HIGHER})
 def anamnesis_index(c: Context) -> dict[str, float]:
-  if c.curve is None or c.original_curve is None:
+  if c.curve is None or math.isnan(c.relearn_target):
     return {}
-  target = (1.0 - c.config.anamnesis_alpha) * float(c.original_curve[0])
+  target = c.relearn_target
   steps, censored = anamnesis.relearn_steps(c.curve, target)
   retrain_steps, retrain_censored = ((NAN, False) if c.retrain_curve is None else
                                      anamnesis.relearn_steps(c.retrain_curve, target))

@@ -85,10 +85,13 @@ class Context:
       missing key (or a missing run: {}) means unknown.
     random_forget_logits: (N_forget, K) logits of an untrained network of the
       same architecture on the forget set (ZRF's reference).
-    curve, original_curve, retrain_curve: held-out forget accuracy after 0, 1,
-      ..., budget relearning steps of this model and of the references
-      (`relearn.relearn_curve`); None when the Anamnesis Index is off or not
-      computable.
+    curve, retrain_curve: held-out forget accuracy after 0, 1, ..., budget
+      relearning steps of this model and of the retrained one
+      (`relearn.relearn_curve`; NaN after the step that met `relearn_target`);
+      None when the Anamnesis Index is off or not computable.
+    relearn_target: the accuracy relearning must regain (`anamnesis.target`
+      of the original's), the one every curve stopped at; NaN when the
+      Anamnesis Index is off or not computable.
     retain_curve: this model's accuracy on held-out examples of the retained
       classes at the same steps; None like `curve`.
     populations: for the NeurIPS 2023 challenge score, (this model's
@@ -107,9 +110,9 @@ class Context:
   retrain_costs: Mapping[str, Any]
   random_forget_logits: Any
   curve: Any
-  original_curve: Any
   retrain_curve: Any
   retain_curve: Any
+  relearn_target: float
   populations: Optional[tuple[Mapping[str, Any], Mapping[str, Any]]]
   config: Any
 

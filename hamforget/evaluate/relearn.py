@@ -1,7 +1,7 @@
 """Relearning curves behind the Anamnesis Index, each one XLA program.
 
 A model is fine-tuned with Adam on a small set of forget examples and, before
-every step and after the last, its eval-mode accuracy is measured on held-out
+the first step and after every step, its eval-mode accuracy is measured on held-out
 forget examples, and on held-out examples of the retained classes (what the
 relearning costs elsewhere). A model that still holds the forgotten knowledge
 climbs back in a few steps; one that never had it (the retrained model) needs
@@ -21,7 +21,11 @@ from hamforget.data import batches
 from hamforget.data.batches import DeviceData
 from hamforget.train import Variables
 
+# `stop_at` that no accuracy reaches: the whole budget is run.
+NEVER = float("nan")
 
+
+@functools.partial(jax.jit, static_argnames=("model", "batch_size"))
 def heldout_accuracy(model, variables: Variables, data: DeviceData, batch_size: int) -> jax.Array:
   """Eval-mode accuracy, float32 scalar in [0, 1], of `variables` on `data`.
 
@@ -37,16 +41,22 @@ def heldout_accuracy(model, variables: Variables, data: DeviceData, batch_size: 
 @functools.partial(jax.jit, static_argnames=(
     "model", "num_steps", "batch_size", "learning_rate", "eval_batch_size"))
 def relearn_curve(model, variables: Variables, relearn: DeviceData, holdout: DeviceData,
-                  retain_holdout: DeviceData, rng: jax.Array, *, num_steps: int,
-                  batch_size: int, learning_rate: float,
+                  retain_holdout: DeviceData, rng: jax.Array, stop_at: jax.Array | float = NEVER,
+                  *, num_steps: int, batch_size: int, learning_rate: float,
                   eval_batch_size: int) -> tuple[jax.Array, jax.Array]:
   """Held-out forget and retain accuracy after 0, 1, ..., num_steps relearning steps.
 
   Each step is one Adam step (fresh optimiser state, constant learning rate)
   on a batch of `relearn`, without augmentation, BatchNorm in train mode as in
-  training. The loop is one `lax.scan` (`train.minimize`), so the whole curve
-  costs one dispatch, and models of the same architecture share one compiled
-  program. Give every model the same `rng` so they relearn on the same batches.
+  training, then both accuracies are measured. The loop is one
+  `lax.while_loop`, so the whole curve costs one dispatch, and models of the
+  same architecture share one compiled program (`stop_at` is traced). Give
+  every model the same `rng` so they relearn on the same batches.
+
+  The loop stops after the first step whose forget accuracy reaches
+  `stop_at` (the Anamnesis Index's target): the index needs no step past it,
+  and the held-out measurements are most of a step's cost. Until then the
+  curve is the one the whole budget would give, step for step.
 
   Args:
     model: the Flax module (static).
@@ -55,6 +65,8 @@ def relearn_curve(model, variables: Variables, relearn: DeviceData, holdout: Dev
     holdout: the forget examples the accuracy is measured on.
     retain_holdout: examples of the retained classes, measured at the same steps.
     rng: key of the batch order.
+    stop_at: float32 scalar, the forget accuracy to stop at (checked from step
+      1 on, as the reference counts); NaN, the default, runs the whole budget.
     num_steps: the budget of steps (static).
     batch_size, eval_batch_size: images per training / evaluation batch.
     learning_rate: Adam's step size.
@@ -62,28 +74,40 @@ def relearn_curve(model, variables: Variables, relearn: DeviceData, holdout: Dev
   Returns:
     (forget, retain), float32 (num_steps + 1,) each: entry s is the accuracy
     on `holdout` / `retain_holdout` after s steps, so entry 0 is the model as
-    given.
+    given; NaN after the step that reached `stop_at`.
   """
   tx = optax.adam(learning_rate)
 
-  def loss_fn(params, batch_stats, rng, step):
-    # Measured on the parameters before this step's update, so the stacked
-    # metric of step s is the accuracy after s steps; no gradient flows here.
-    before = {"params": jax.lax.stop_gradient(params), "batch_stats": batch_stats}
-    accuracy = heldout_accuracy(model, before, holdout, eval_batch_size)
-    retain_accuracy = heldout_accuracy(model, before, retain_holdout, eval_batch_size)
+  def measured(params, batch_stats):
+    after = {"params": params, "batch_stats": batch_stats}
+    return (heldout_accuracy(model, after, holdout, eval_batch_size),
+            heldout_accuracy(model, after, retain_holdout, eval_batch_size))
+
+  def loss_fn(params, batch_stats, step):
     images, labels = batches.sample_batch(relearn, rng, step, batch_size)
     logits, batch_stats = train.apply_model(
         model, {"params": params, "batch_stats": batch_stats}, images, train=True)
-    loss = train.cross_entropy(logits, labels).mean()
-    return loss, (batch_stats, {"heldout_accuracy": accuracy,
-                                "retain_accuracy": retain_accuracy})
+    return train.cross_entropy(logits, labels).mean(), batch_stats
 
-  params, batch_stats, _, metrics = train.minimize(
-      loss_fn, variables["params"], variables["batch_stats"], tx,
-      tx.init(variables["params"]), rng, 0, num_steps)
-  last = {"params": params, "batch_stats": batch_stats}
-  return (jnp.concatenate([metrics["heldout_accuracy"],
-                           heldout_accuracy(model, last, holdout, eval_batch_size)[None]]),
-          jnp.concatenate([metrics["retain_accuracy"],
-                           heldout_accuracy(model, last, retain_holdout, eval_batch_size)[None]]))
+  grad_fn = jax.grad(loss_fn, has_aux=True)
+
+  def unfinished(carry) -> jax.Array:
+    step, _, _, _, forget, _ = carry
+    return (step < num_steps) & ~((step >= 1) & (forget[step] >= stop_at))
+
+  def relearn_step(carry):
+    step, params, batch_stats, opt_state, forget, retain = carry
+    grads, batch_stats = grad_fn(params, batch_stats, step)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    forget_accuracy, retain_accuracy = measured(params, batch_stats)
+    return (step + 1, params, batch_stats, opt_state, forget.at[step + 1].set(forget_accuracy),
+            retain.at[step + 1].set(retain_accuracy))
+
+  params, batch_stats = variables["params"], variables["batch_stats"]
+  unmeasured = jnp.full((num_steps + 1,), jnp.nan, jnp.float32)
+  forget_accuracy, retain_accuracy = measured(params, batch_stats)
+  carry = (jnp.int32(0), params, batch_stats, tx.init(params),
+           unmeasured.at[0].set(forget_accuracy), unmeasured.at[0].set(retain_accuracy))
+  *_, forget, retain = jax.lax.while_loop(unfinished, relearn_step, carry)
+  return forget, retain

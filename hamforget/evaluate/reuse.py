@@ -10,7 +10,8 @@ everything they depend on:
   remade under the same name is never confused with the old one) and its
   Flax module (architecture and dtype);
 - the bytes of every split it is measured on (so the forget request too);
-- the evaluation config and the key of the relearning batches.
+- the evaluation config, the key of the relearning batches and the target
+  the relearning curves stop at (the original's).
 
 Metrics are always recomputed from these arrays (cheap, and a changed metric
 applies at once). A damaged file counts as absent. One process only: on
@@ -55,16 +56,17 @@ class OutputsCache:
     splits: name -> DeviceData measured (their bytes are part of every key).
     config: the evaluation config (a ConfigDict).
     relearn_rng: the key of the relearning batches; relearning: whether the
-      curves are measured.
+      curves are measured; relearn_target: the accuracy they stop at.
   """
 
   def __init__(self, folder: str | None, splits: Mapping[str, Any], config, relearn_rng,
-               relearning: bool):
+               relearning: bool, relearn_target: float):
     self.folder = folder if folder and jax.process_count() == 1 else ""
     self._context = "" if not self.folder else json.dumps({
         "splits": splits_digest(splits), "evaluate": config.to_dict(),
         "relearn_key": np.asarray(jax.random.key_data(relearn_rng)).tolist(),
-        "relearning": relearning}, sort_keys=True, default=str)
+        "relearning": relearning, "relearn_target": repr(float(relearn_target))},
+        sort_keys=True, default=str)
 
   def key(self, module, variables) -> str:
     """The file name of `variables` measured through `module` in this context."""

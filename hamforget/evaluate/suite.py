@@ -20,7 +20,7 @@ import numpy as np
 
 from hamforget import progress, sharding, train
 from hamforget.data.batches import DeviceData
-from hamforget.evaluate import challenge, lira, metrics, registry, reuse
+from hamforget.evaluate import anamnesis, challenge, lira, metrics, registry, reuse
 from hamforget.evaluate import relearn as relearn_lib
 from hamforget.train import Variables
 
@@ -138,11 +138,25 @@ def retain_holdout_set(splits: Mapping[str, DeviceData], request, config) -> Dev
   return splits["test"].take(jnp.asarray(chosen))
 
 
+def relearn_target(model, original: Variables, splits: Mapping[str, DeviceData], request,
+                   config) -> float:
+  """The Anamnesis Index's target for `original` (`anamnesis.target`); NaN
+  without relearning or held-out examples."""
+  relearn, holdout, _ = relearn_sets(splits, request, config)
+  if not (relearn.size and holdout.size):
+    return float("nan")
+  start = relearn_lib.heldout_accuracy(model, original, holdout, int(config.batch_size))
+  return anamnesis.target(float(start), config.anamnesis_alpha)
+
+
 def _relearn_curves(model, models: Mapping[str, Variables], splits: Mapping[str, DeviceData],
-                    request, config, rng: jax.Array, modules: Mapping[str, Any] | None = None,
+                    request, config, rng: jax.Array, target: float,
+                    modules: Mapping[str, Any] | None = None,
                     done=None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
   """Every model's relearning curves (forget, retain), on the same batches; {} when a set is empty.
 
+  `target`: the Anamnesis Index's (`relearn_target`); each curve stops there
+  when `config.relearn_stop_at_target`.
   `modules`: name -> the Flax module of a model that is not `model` (SISA's ensemble).
   `done`: called with a description after each model (progress).
   """
@@ -154,14 +168,17 @@ def _relearn_curves(model, models: Mapping[str, Variables], splits: Mapping[str,
       done(f"no relearning of {name} (no relearning or held-out examples)")
     return {}, {}
   retain_holdout = retain_holdout_set(splits, request, config)
+  stop_at = (anamnesis.stop_threshold(target) if config.relearn_stop_at_target
+             else relearn_lib.NEVER)
   forget_curves, retain_curves = {}, {}
   for name, variables in models.items():
     forget_curve, retain_curve = relearn_lib.relearn_curve(
-        modules.get(name, model), variables, relearn, holdout, retain_holdout, rng,
+        modules.get(name, model), variables, relearn, holdout, retain_holdout, rng, stop_at,
         num_steps=int(config.relearn_steps), batch_size=int(config.relearn_batch_size),
         learning_rate=float(config.relearn_learning_rate), eval_batch_size=int(config.batch_size))
     forget_curves[name], retain_curves[name] = np.asarray(forget_curve), np.asarray(retain_curve)
-    done(f"relearning curve of {name}")
+    steps = int(np.sum(~np.isnan(forget_curves[name]))) - 1
+    done(f"relearning curve of {name} ({steps} steps)")
   return forget_curves, retain_curves
 
 
@@ -262,7 +279,8 @@ def evaluate_models(model, models: Mapping[str, Variables], splits: Mapping[str,
       with populations, forget also holds "lira_acc" (N,), the per-example
       attack's accuracy on each forget example.
     curves: name -> float32 (relearn_steps + 1,) held-out forget accuracy
-      after 0..budget relearning steps (empty when the index is off).
+      after 0..budget relearning steps, NaN after the step that met the
+      target (`relearn_stop_at_target`); empty when the index is off.
   """
   costs, modules = costs or {}, modules or {}
   batch_size = int(config.batch_size)
@@ -277,7 +295,11 @@ def evaluate_models(model, models: Mapping[str, Variables], splits: Mapping[str,
     bar.set_postfix_str(what)
     bar.update(1)
 
-  cache = reuse.OutputsCache(cache_dir, splits, config, relearn_rng, relearning)
+  # Every curve stops at the original's target: computed first, it is part
+  # of every cached curve's key.
+  target = (relearn_target(modules.get(original_name, model), models[original_name], splits,
+                           request, config) if relearning else float("nan"))
+  cache = reuse.OutputsCache(cache_dir, splits, config, relearn_rng, relearning, target)
   keys = {name: cache.key(modules.get(name, model), variables)
           for name, variables in models.items()} if cache.folder else {}
   cached = {name: entry for name, entry in ((n, cache.get(k)) for n, k in keys.items())
@@ -305,7 +327,7 @@ def evaluate_models(model, models: Mapping[str, Variables], splits: Mapping[str,
     # when the relearning sets are empty, as they are again now).
     curves, retain_curves = _relearn_curves(
         model, {n: v for n, v in models.items() if n not in cached}, splits, request, config,
-        relearn_rng, modules, done=done)
+        relearn_rng, target, modules, done=done)
     for name, entry in cached.items():
       for field, values in (("forget_curve", curves), ("retain_curve", retain_curves)):
         if field in entry:
@@ -327,8 +349,8 @@ def evaluate_models(model, models: Mapping[str, Variables], splits: Mapping[str,
         retrain=per_example.get(retrain_name), forget_classes=forget_classes(request),
         class_names=tuple(class_names), costs=costs.get(name, {}),
         retrain_costs=costs.get(retrain_name, {}), random_forget_logits=random_forget,
-        curve=curves.get(name), original_curve=curves.get(original_name),
-        retrain_curve=curves.get(retrain_name), retain_curve=retain_curves.get(name),
+        curve=curves.get(name), retrain_curve=curves.get(retrain_name),
+        retain_curve=retain_curves.get(name), relearn_target=target,
         populations=pairs.get(name), config=config))
     done(f"metrics of {name}")
     return row

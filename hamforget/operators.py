@@ -54,6 +54,8 @@ def bind(name: str, config: ml_collections.ConfigDict, model, data: ExperimentDa
     return operator.fn(model, variables, access, data.request, unlearn.join_config(static, hyper),
                        rng)
 
+  # The program's name in compile logs and timings.json: jit(scrub), not jit(fn).
+  fn.__name__ = fn.__qualname__ = name
   return fn, access, hyper
 
 

@@ -25,9 +25,10 @@ OVERRIDES = {
                      "learning_rate": 0.03},
     "random_label": {"batch_size": 32, "forget_batch_size": 16, "num_epochs": 2.0},
     "salun": {"batch_size": 32, "forget_batch_size": 16, "num_epochs": 2.0},
-    # 71 steps: gamma 1e-2 keeps the paper's L1 integral lr * gamma * T / 2
-    # ~0.01 (at the default 5e-3 forgetting is seed-dependent: 0.27-0.89).
-    "l1_sparse": {"batch_size": 32, "num_epochs": 4.0, "gamma": 1e-2},
+    # 177 steps, the first 66 penalised: gamma 1e-2 keeps the paper's L1
+    # integral lr * gamma * T_penalised / 2 ~0.01 (at the default 5e-3
+    # forgetting is seed-dependent); the rest recover the retained classes.
+    "l1_sparse": {"batch_size": 32, "num_epochs": 10.0, "gamma": 1e-2},
     "bad_teacher": {"num_epochs": 8.0, "learning_rate": 1e-3},
     "scrub": {"batch_size": 32, "forget_batch_size": 16, "learning_rate": 2e-3},
 }
@@ -89,6 +90,17 @@ def test_salun_moves_only_salient_weights():
   ratio = harness.config("salun").saliency_ratio
   assert 0.0 < float(info["mask_fraction"]) <= ratio + 1e-6
   assert 0.0 < fraction <= float(info["mask_fraction"]) + 1e-6
+
+
+def test_l1_penalty_decays_to_zero_over_its_fraction_of_the_steps():
+  _, _, _, info = harness.run("l1_sparse")
+  weight = np.asarray(info["l1_weight"])
+  config = harness.config("l1_sparse")
+  penalized = config.penalty_fraction * weight.size
+  assert 0 < config.penalty_fraction < 1  # the defaults end with penalty-free steps
+  np.testing.assert_allclose(weight[0], config.gamma)
+  assert np.all(np.diff(weight) <= 0)
+  assert np.all(weight[int(np.ceil(penalized)):] == 0) and weight[int(penalized) - 1] > 0
 
 
 @pytest.mark.parametrize("name", ["neggrad_plus", "scrub"])

@@ -95,18 +95,33 @@ def minimize(loss_fn: LossFn, params, aux, tx: optax.GradientTransformation,
   Returns:
     (params, aux, opt_state, metrics) with metrics stacked to (num_steps,).
   """
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  descend = optimizer_step(loss_fn, tx)
 
   def step_fn(carry, step):
-    params, aux, opt_state = carry
-    (loss, (aux, metrics)), grads = grad_fn(params, aux, rng, step)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
+    params, aux, opt_state, loss, metrics = descend(*carry, rng, step)
     return (params, aux, opt_state), {"loss": loss, **metrics}
 
   steps = jnp.arange(num_steps) + first_step
   (params, aux, opt_state), metrics = jax.lax.scan(step_fn, (params, aux, opt_state), steps)
   return params, aux, opt_state, metrics
+
+
+def optimizer_step(loss_fn: LossFn, tx: optax.GradientTransformation) -> Callable:
+  """One step of `tx` on `loss_fn` (as `minimize`'s), for loops of their own.
+
+  Returns:
+    (params, aux, opt_state, rng, step) -> (params, aux, opt_state, loss,
+    metrics): the body of `minimize`'s scan, and of loops that end early
+    (a `lax.while_loop`, `relearn.relearn_curve`).
+  """
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def step_fn(params, aux, opt_state, rng, step):
+    (loss, (aux, metrics)), grads = grad_fn(params, aux, rng, step)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), aux, opt_state, loss, metrics
+
+  return step_fn
 
 
 def kernels_only(params):

@@ -103,6 +103,13 @@ def test_l1_penalty_decays_to_zero_over_its_fraction_of_the_steps():
   assert np.all(weight[int(np.ceil(penalized)):] == 0) and weight[int(penalized) - 1] > 0
 
 
+def test_l1_penalty_fraction_outside_its_range_is_an_error():
+  empty = operator_harness.Harness({"l1_sparse": {**OVERRIDES["l1_sparse"],
+                                                  "penalty_fraction": 0.0}})
+  with pytest.raises(ValueError, match=r"penalty_fraction 0.0: expected a share .* \(0, 1\]"):
+    empty.run("l1_sparse")
+
+
 @pytest.mark.parametrize("name", ["neggrad_plus", "scrub"])
 def test_vmap_over_requests_matches_separate_runs(name):
   """Two forget requests of one size (class 0, and class 0 in reverse order)

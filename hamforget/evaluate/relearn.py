@@ -83,13 +83,13 @@ def relearn_curve(model, variables: Variables, relearn: DeviceData, holdout: Dev
     return (heldout_accuracy(model, after, holdout, eval_batch_size),
             heldout_accuracy(model, after, retain_holdout, eval_batch_size))
 
-  def loss_fn(params, batch_stats, step):
+  def loss_fn(params, batch_stats, rng, step):
     images, labels = batches.sample_batch(relearn, rng, step, batch_size)
     logits, batch_stats = train.apply_model(
         model, {"params": params, "batch_stats": batch_stats}, images, train=True)
-    return train.cross_entropy(logits, labels).mean(), batch_stats
+    return train.cross_entropy(logits, labels).mean(), (batch_stats, {})
 
-  grad_fn = jax.grad(loss_fn, has_aux=True)
+  descend = train.optimizer_step(loss_fn, tx)
 
   def unfinished(carry) -> jax.Array:
     step, _, _, _, forget, _ = carry
@@ -97,9 +97,7 @@ def relearn_curve(model, variables: Variables, relearn: DeviceData, holdout: Dev
 
   def relearn_step(carry):
     step, params, batch_stats, opt_state, forget, retain = carry
-    grads, batch_stats = grad_fn(params, batch_stats, step)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
+    params, batch_stats, opt_state, _, _ = descend(params, batch_stats, opt_state, rng, step)
     forget_accuracy, retain_accuracy = measured(params, batch_stats)
     return (step + 1, params, batch_stats, opt_state, forget.at[step + 1].set(forget_accuracy),
             retain.at[step + 1].set(retain_accuracy))

@@ -62,16 +62,19 @@ def l1_norm(params) -> jax.Array:
 @base.register("l1_sparse", needs={base.RETAIN}, defaults=DEFAULTS)
 def l1_sparse(model, variables, access, request, config, rng):
   del request
+  if not 0.0 < config.penalty_fraction <= 1.0:
+    raise ValueError(f"unlearn.l1_sparse.penalty_fraction {config.penalty_fraction}: expected "
+                     "a share of the steps in (0, 1]")
   retain = access.require(base.RETAIN)
   batch_size = config.batch_size
   num_steps = common.num_steps_for(config.num_epochs, retain.size, batch_size)
+  penalized_steps = config.penalty_fraction * num_steps
   weighting = common.retain_class_weights(config, retain, access.num_classes)
   classification = train.classification_loss(model, batch_size, retain, config.augment,
                                              weighting)
 
   def loss_fn(params, batch_stats, rng, step):
     ce, (batch_stats, metrics) = classification(params, batch_stats, rng, step)
-    penalized_steps = config.penalty_fraction * num_steps
     weight = config.gamma * jnp.maximum(0.0, 1.0 - step.astype(jnp.float32) / penalized_steps)
     norm = l1_norm(params)
     return ce + weight * norm, (batch_stats, {"ce": ce, "l1_norm": norm, "l1_weight": weight,

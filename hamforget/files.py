@@ -84,8 +84,10 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def describe_error(e: BaseException, limit: int = 300) -> str:
-  """`Type: message`, cut to `limit` characters (tensorstore's run to pages)."""
-  text = f"{type(e).__name__}: {e}"
+  """`Type: message` on one line, cut to `limit` characters (tensorstore's
+  messages run to pages and carry a pretty-printed spec over many lines: one
+  line keeps a report of one problem per line, `launch.verify`'s, readable)."""
+  text = " ".join(f"{type(e).__name__}: {e}".split())
   return text if len(text) <= limit else text[:limit] + " ..."
 
 

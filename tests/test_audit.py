@@ -291,3 +291,12 @@ def test_record_digest_covers_every_field():
     edited = json.loads(json.dumps(record))
     edit(edited)
     assert audit.check_record(edited) != [], edited
+
+
+def test_an_error_is_described_on_one_line_cut_to_its_limit():
+  """tensorstore's read errors carry a spec printed over many lines: the
+  verifier prints one line per subject, so the description must be one."""
+  error = ValueError("cannot read chunk:\n  {\n    'driver': 'zarr',\n  }\n" + "x" * 400)
+  text = files.describe_error(error)
+  assert "\n" not in text and text.startswith("ValueError: cannot read chunk: { 'driver'")
+  assert text.endswith(" ...") and len(text) == 300 + len(" ...")

@@ -116,6 +116,31 @@ def test_pixel_noise_stays_in_the_range_of_real_inputs(small_model):
   assert float(jnp.max(jnp.abs(unbounded))) > 2.0
 
 
+@pytest.mark.parametrize("trainable", ["head", "all"])
+def test_fit_classifier_moves_only_the_parameters_it_is_told_to(small_model, trainable):
+  """trainable="head": the logits layer learns, every other parameter keeps
+  its value to the bit; "all": the body moves too."""
+  model, variables, image_shape = small_model
+  images = jax.random.uniform(jax.random.key(4), (16, *image_shape), minval=-1.0, maxval=1.0)
+  labels = jnp.arange(16, dtype=jnp.int32) % 3
+  sample = lambda rng, step: (images, labels, jnp.zeros(16, bool))
+  fitted, metrics = jax.jit(lambda: common.fit_classifier(
+      model, variables, sample, 20, 1e-2, False, jax.random.key(5), trainable))()
+  head = [k for k in variables["params"] if k.startswith("Dense_")][-1]
+  moved = {key: not all(np.array_equal(a, b) for a, b in zip(
+      jax.tree.leaves(variables["params"][key]), jax.tree.leaves(fitted["params"][key])))
+           for key in variables["params"]}
+  assert moved[head] and metrics["loss"][-1] < metrics["loss"][0]
+  body_moved = [key for key in moved if key != head and moved[key]]
+  assert (not body_moved) if trainable == "head" else body_moved
+
+
+def test_an_unknown_trainable_part_is_refused(small_model):
+  _, variables, _ = small_model
+  with pytest.raises(ValueError, match="trainable='body'"):
+    common.trainable_mask(variables["params"], "body")
+
+
 def test_saliency_mask_selects_the_largest_gradients_and_never_a_zero_one():
   saliency = {"a": jnp.array([0.0, 0.0, 0.0, 0.1]), "b": jnp.array([[5.0, 0.2], [3.0, 0.0]])}
   mask = salun.saliency_mask(saliency, ratio=0.5)

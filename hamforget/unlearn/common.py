@@ -324,13 +324,35 @@ def learn_noise(model, variables, labels: jax.Array, direction: jax.Array,
   return to_input(free), metrics
 
 
+TRAINABLE = ("all", "head")
+
+
+def trainable_mask(params, trainable: str):
+  """Bool pytree like `params`: the leaves `trainable` names.
+
+  "all" is every leaf; "head" the classifier, the last top-level `Dense`
+  module of the models in `hamforget.models` (their logits layer).
+  """
+  if trainable == "all":
+    return jax.tree.map(lambda _: True, params)
+  if trainable != "head":
+    raise ValueError(f"trainable={trainable!r}: expected one of {TRAINABLE}")
+  dense = sorted((k for k in params if k.startswith("Dense_")), key=lambda k: int(k[6:]))
+  if not dense:
+    raise ValueError("trainable='head': the model's params hold no top-level Dense module")
+  return {key: jax.tree.map(lambda _, is_head=key == dense[-1]: is_head, value)
+          for key, value in params.items()}
+
+
 def fit_classifier(model, variables, sample: SampleFn, num_steps: int, learning_rate: float,
-                   update_batch_stats: bool, rng: jax.Array):
+                   update_batch_stats: bool, rng: jax.Array, trainable: str = "all"):
   """`num_steps` Adam steps on the mean cross-entropy of `sample`'s batches.
 
   With update_batch_stats False BatchNorm stays in eval mode: the running
   statistics are used and returned unchanged (for batches of pure noise, whose
-  statistics are nothing like the data's).
+  statistics are nothing like the data's). `trainable` ("all" or "head",
+  `trainable_mask`) names the parameters the steps move; the others keep
+  their values exactly.
 
   Returns:
     (variables, metrics with "loss", "accuracy" and "real" (real examples) per step).
@@ -344,7 +366,11 @@ def fit_classifier(model, variables, sample: SampleFn, num_steps: int, learning_
     return loss, (new_stats, {"accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
                               "real": jnp.sum(is_real, dtype=jnp.int32)})
 
-  return minimize_variables(loss_fn, variables, optax.adam(learning_rate), rng, num_steps)
+  labels = jax.tree.map(lambda moves: "moves" if moves else "frozen",
+                        trainable_mask(variables["params"], trainable))
+  tx = optax.multi_transform({"moves": optax.adam(learning_rate), "frozen": optax.set_to_zero()},
+                             labels)
+  return minimize_variables(loss_fn, variables, tx, rng, num_steps)
 
 
 def impair_repair_info(noise_metrics, impair_metrics, repair_metrics, num_noise: int,

@@ -43,6 +43,8 @@ Hyper-parameters (defaults):
   update_batch_stats False: BatchNorm stays in eval mode during impair and
     repair: batches of pure noise have none of the data's statistics, and
     running averages taken from them would break the model on real images.
+  trainable "all": the weights impair and repair move, "all" (the paper) or
+    "head" (the logits layer alone; an ablation, see docs/operator-tuning.md).
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ DEFAULTS = {"noise_per_class": 64, "forget_noise_steps": 10, "retain_noise_steps
             "noise_learning_rate": 0.1, "forget_noise_weight": 0.1, "retain_noise_weight": 0.0,
             "noise_space": "pixels", "batch_size": 32,
             "impair_learning_rate": 1e-3, "impair_epochs": 1, "repair_learning_rate": 1e-3,
-            "repair_epochs": 3, "update_batch_stats": False}
+            "repair_epochs": 3, "update_batch_stats": False, "trainable": "all"}
 
 
 def class_split(forget_classes: jax.Array, num_classes: int) -> jax.Array:
@@ -106,14 +108,14 @@ def emmn(model, variables, access, request, config, rng):
   impair_steps = config.impair_epochs * batches.steps_per_epoch(impair_size, config.batch_size)
   impaired, impair_metrics = common.fit_classifier(
       model, variables, impair_sample, impair_steps, config.impair_learning_rate,
-      config.update_batch_stats, impair_rng)
+      config.update_batch_stats, impair_rng, config.trainable)
 
   repair_sample, repair_size = common.mixed_batch(
       noise[num_max:], labels[num_max:], 1, None, config.batch_size)
   repair_steps = config.repair_epochs * batches.steps_per_epoch(repair_size, config.batch_size)
   repaired, repair_metrics = common.fit_classifier(
       model, impaired, repair_sample, repair_steps, config.repair_learning_rate,
-      config.update_batch_stats, repair_rng)
+      config.update_batch_stats, repair_rng, config.trainable)
 
   info = {
       **common.impair_repair_info(max_metrics, impair_metrics, repair_metrics,

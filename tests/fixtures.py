@@ -28,6 +28,16 @@ REAL_HAM_METADATA = Path(os.environ.get(
     Path(__file__).resolve().parents[2] / "shared" / "data" / "HAM10000_metadata.csv"))
 
 
+def launcher_env(**overrides: str) -> dict[str, str]:
+  """The environment for a launcher a test starts: this one without the
+  tests' XLA_FLAGS (a launcher sets its own device count from its config),
+  with the tests' compile-time flags (conftest.py), plus `overrides`."""
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env["XLA_FLAGS"] = os.environ.get("HAMFORGET_TEST_XLA_FLAGS", "")
+  env.update(overrides)
+  return env
+
+
 def real_ham_metadata() -> Path:
   """The path of the real HAM10000 metadata.
 

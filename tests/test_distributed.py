@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+import fixtures
+
 WORKER = os.path.join(os.path.dirname(__file__), "distributed_worker.py")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -19,9 +21,7 @@ def _free_port() -> int:
 
 
 def _env():
-  env = dict(os.environ, PYTHONPATH=ROOT)
-  env.pop("XLA_FLAGS", None)  # the worker sets its own device count
-  return env
+  return fixtures.launcher_env(PYTHONPATH=ROOT)  # the worker sets its own device count
 
 
 def _result(process) -> dict:

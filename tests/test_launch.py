@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+import fixtures
+
 from hamforget.unlearn import catalog
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,7 +23,7 @@ def _config_flags(cache):
 
 
 def _launcher(module, *flags):
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # the launcher's own devices
+  env = fixtures.launcher_env()  # the launcher's own devices
   done = subprocess.run([sys.executable, "-m", module, *flags], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=900)
   assert done.returncode == 0, done.stderr[-3000:]

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import fixtures
 from configs import common, mnist
 from hamforget import audit, checkpoint, operators, records, train
 from hamforget.data import batches
@@ -139,7 +140,7 @@ def _command(workdir, cache):
 
 
 def _env():
-  return {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # the launcher's own devices
+  return fixtures.launcher_env()  # the launcher's own devices
 
 
 def _original_epochs(workdir):

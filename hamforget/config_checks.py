@@ -97,6 +97,10 @@ def _one_of(choices) -> tuple[Callable, str]:
   return (lambda value: value in choices), "one of " + ", ".join(map(repr, choices))
 
 
+# The parameters an operator's training may move (`unlearn.common.trainable_mask`).
+TRAINABLE_PARTS = ("all", "head")
+
+
 class _Problems:
   """Collects `key=value: expected ...` lines, raised together as one ConfigError."""
 
@@ -226,6 +230,8 @@ def _check_unlearn(config, problems: _Problems) -> None:
         problems.check(settings, prefix, key, COUNT)
       elif key.endswith("fraction"):
         problems.check(settings, prefix, key, FRACTION_SHARE)
+      elif key == "trainable":
+        problems.check(settings, prefix, key, _one_of(TRAINABLE_PARTS))
 
 
 def _check_evaluate(evaluate, problems: _Problems) -> None:

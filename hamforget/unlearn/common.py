@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from hamforget import train
+from hamforget import config_checks, train
 from hamforget.data import augment as augment_lib
 from hamforget.data import batches
 from hamforget.unlearn import base
@@ -324,9 +324,6 @@ def learn_noise(model, variables, labels: jax.Array, direction: jax.Array,
   return to_input(free), metrics
 
 
-TRAINABLE = ("all", "head")
-
-
 def trainable_mask(params, trainable: str):
   """Bool pytree like `params`: the leaves `trainable` names.
 
@@ -336,7 +333,7 @@ def trainable_mask(params, trainable: str):
   if trainable == "all":
     return jax.tree.map(lambda _: True, params)
   if trainable != "head":
-    raise ValueError(f"trainable={trainable!r}: expected one of {TRAINABLE}")
+    raise ValueError(f"trainable={trainable!r}: expected one of {config_checks.TRAINABLE_PARTS}")
   dense = sorted((k for k in params if k.startswith("Dense_")), key=lambda k: int(k[6:]))
   if not dense:
     raise ValueError("trainable='head': the model's params hold no top-level Dense module")
